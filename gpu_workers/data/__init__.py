@@ -1,0 +1,1 @@
+"""Corpora, synthetic retrieval samples and the documents evaluations read."""

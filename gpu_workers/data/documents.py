@@ -1,0 +1,148 @@
+"""Evaluation documents from any dataset source, and the length checks the composer needs.
+
+Sources: the built-in demo corpus (its held-out split), a local ``.jsonl`` / ``.txt`` file or a
+directory of text files, or a Hugging Face dataset saved on disk (``datasets.save_to_disk``).
+Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from gpu_workers.data import builtin_corpus
+from gpu_workers.spec import DatasetSpec
+
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".tex"}
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be read, or has too few documents for what was asked."""
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    documents: int
+    chars_by_source: dict[str, int]
+    docs_by_source: dict[str, int]
+
+
+def builtin_corpus_dir() -> Path:
+    default = Path(__file__).resolve().parents[2] / "var" / "demo_corpus"
+    return Path(os.environ.get("CONTEXTLAB_CORPUS_DIR", default))
+
+
+def _from_jsonl(path: Path, spec: DatasetSpec) -> list[dict[str, str]]:
+    docs = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise DatasetError(f"{path.name} line {number} is not valid JSON.") from None
+            if spec.text_field not in row:
+                raise DatasetError(f"{path.name} line {number} has no '{spec.text_field}' field.")
+            docs.append({"text": str(row[spec.text_field]), "source": str(row.get(spec.source_field, "local"))})
+    return docs
+
+
+def _from_directory(path: Path) -> list[dict[str, str]]:
+    docs = []
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES):
+        relative = file.relative_to(path)
+        source = relative.parts[0] if len(relative.parts) > 1 else "local"
+        docs.append({"text": file.read_text(encoding="utf-8", errors="replace"), "source": source})
+    return docs
+
+
+def _from_hf_disk(path: Path, spec: DatasetSpec) -> list[dict[str, str]]:
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetError("Reading a Hugging Face dataset needs the 'datasets' package on the worker.") from None
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        split = next((s for s in ("test", "validation", "train") if s in loaded), None)
+        loaded = loaded[split]
+    if spec.text_field not in loaded.column_names:
+        raise DatasetError(f"The dataset has no '{spec.text_field}' column.")
+    sources = loaded[spec.source_field] if spec.source_field in loaded.column_names else ["hf"] * len(loaded)
+    return [{"text": t, "source": str(s)} for t, s in zip(loaded[spec.text_field], sources, strict=True)]
+
+
+def load_documents(spec: DatasetSpec) -> list[dict[str, str]]:
+    """The documents evaluations read: the held-out split for the built-in corpus, all of a local one."""
+    if spec.kind == "builtin":
+        directory = builtin_corpus.ensure_built(builtin_corpus_dir())
+        return [{"text": d["text"], "source": d["source"]} for d in builtin_corpus.read_jsonl(directory / "heldout.jsonl")]
+    path = Path(spec.path).expanduser()
+    if not path.exists():
+        raise DatasetError(f"Nothing at {spec.path}.")
+    if spec.kind == "hf":
+        return _from_hf_disk(path, spec)
+    if path.is_dir():
+        docs = _from_directory(path)
+    elif path.suffix == ".jsonl":
+        docs = _from_jsonl(path, spec)
+    elif path.suffix in TEXT_SUFFIXES:
+        docs = [{"text": path.read_text(encoding="utf-8", errors="replace"), "source": "local"}]
+    else:
+        raise DatasetError(f"Unsupported file type {path.suffix!r}: use .jsonl, a text file or a directory.")
+    if not docs:
+        raise DatasetError(f"No documents found at {spec.path}.")
+    return docs
+
+
+def inspect_dataset(spec: DatasetSpec) -> DatasetFacts:
+    chars: dict[str, int] = defaultdict(int)
+    counts: dict[str, int] = defaultdict(int)
+    docs = load_documents(spec)
+    for doc in docs:
+        chars[doc["source"]] += len(doc["text"])
+        counts[doc["source"]] += 1
+    return DatasetFacts(len(docs), dict(chars), dict(counts))
+
+
+def _interleave_sources(docs: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Round-robin over sources so a handful of documents still covers every domain."""
+    by_source: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for doc in docs:
+        by_source[doc["source"]].append(doc)
+    queues = [by_source[s] for s in sorted(by_source)]
+    out = []
+    for i in range(max(len(q) for q in queues)):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out
+
+
+def long_documents(spec: DatasetSpec, tokenizer: Any, min_tokens: int, count: int) -> list[list[int]]:
+    """The first *count* documents (sources interleaved) of at least *min_tokens* tokens."""
+    picked = []
+    for doc in _interleave_sources(load_documents(spec)):
+        ids = tokenizer(doc["text"], add_special_tokens=False)["input_ids"]
+        if len(ids) >= min_tokens:
+            picked.append(ids)
+            if len(picked) == count:
+                return picked
+    raise DatasetError(
+        f"The dataset has only {len(picked)} documents of at least {min_tokens} tokens; "
+        f"{count} are needed. Lower the longest evaluation length or the number of documents."
+    )
+
+
+@lru_cache(maxsize=64)
+def count_long_documents(spec: DatasetSpec, tokenizer_source: str, min_tokens: int) -> int:
+    """How many evaluation documents reach *min_tokens* tokens (cached: the composer asks often)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, local_files_only=True)
+    docs = load_documents(spec)
+    lengths = tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
+    return sum(len(ids) >= min_tokens for ids in lengths)

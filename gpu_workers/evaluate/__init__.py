@@ -1,0 +1,1 @@
+"""Evaluations: functions from (model, tokens, spec) to measurements with coordinates."""

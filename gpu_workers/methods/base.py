@@ -1,0 +1,106 @@
+"""What every method family shares: parameter declarations, errors and the base model's RoPE facts.
+
+The web form is generated from :class:`Param` declarations, so a family declares each parameter
+once (name, type, default, bounds, help) and the browser, the API and the worker agree on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class MethodError(ValueError):
+    """A parameter a user typed is wrong; ``field`` names it (None: the method as a whole)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RopeFacts:
+    """The facts of a base model's RoPE that every family needs."""
+
+    has_rope: bool
+    head_dim: int
+    rope_theta: float
+    original_context: int
+    rope_type: str = "default"
+    partial_rotary_factor: float = 1.0
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    label: str
+    kind: type  # float or int
+    default: float | int | None
+    """``None`` means derived from the experiment (e.g. factor = target / original)."""
+    help: str
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+
+
+@dataclass(frozen=True)
+class RopeSetup:
+    """What applying a method changes in a transformers v5 config."""
+
+    rope_parameters: dict[str, Any]
+    max_position_embeddings: int
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    label: str
+    help: str
+    params: tuple[Param, ...]
+    build: Callable[[RopeFacts, int, dict[str, Any]], RopeSetup]
+    check: Callable[[RopeFacts, int, dict[str, Any]], None] | None = None
+    length_dependent: bool = False
+    """True when the RoPE depends on the input length, so lengths must be evaluated one by one."""
+    needs_rope: bool = True
+
+
+def coerce(param: Param, raw: Any) -> Any:
+    """Turn a typed value (form string, JSON number) into the declared type, or raise MethodError."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = param.kind(raw) if param.kind is float else int(str(raw).strip())
+    except (TypeError, ValueError):
+        kind = "a number" if param.kind is float else "a whole number"
+        raise MethodError(f"{param.label} must be {kind}.", param.name) from None
+    if param.kind is float and value != value:  # NaN
+        raise MethodError(f"{param.label} must be a number.", param.name)
+    if param.minimum is not None:
+        too_small = value <= param.minimum if param.exclusive_minimum else value < param.minimum
+        if too_small:
+            relation = "greater than" if param.exclusive_minimum else "at least"
+            raise MethodError(f"{param.label} must be {relation} {param.minimum:g}.", param.name)
+    return value
+
+
+def default_factor(base: RopeFacts, target_length: int) -> float:
+    return target_length / base.original_context
+
+
+def require_factor_above_one(params: dict[str, Any], label: str = "Factor") -> None:
+    if params["factor"] <= 1:
+        raise MethodError(f"{label} must be greater than 1 (got {params['factor']:g}).", "factor")
+
+
+def with_theta(base: RopeFacts, **fields: Any) -> dict[str, Any]:
+    """rope_parameters always carry rope_theta (transformers 5 leaves it None otherwise)."""
+    params: dict[str, Any] = {"rope_theta": float(base.rope_theta)}
+    if base.partial_rotary_factor != 1.0:
+        params["partial_rotary_factor"] = base.partial_rotary_factor
+    params.update(fields)
+    return params

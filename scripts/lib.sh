@@ -1,0 +1,21 @@
+# Shared by scripts/run.sh and scripts/test.sh: set up the virtualenv once per requirements change.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+ensure_venv() {
+  local reqs="$1"
+  local stamp="$VENV/.requirements-$(cat "$ROOT/requirements.txt" "$ROOT/$reqs" | sha1sum | cut -c1-12)"
+  if [ ! -x "$PY" ]; then
+    echo "==> creating $VENV"
+    python3 -m venv "$VENV"
+  fi
+  if [ ! -f "$stamp" ]; then
+    echo "==> installing $reqs (torch comes from the pinned 2.13.0 wheel)"
+    "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$PY" -m pip install -q --disable-pip-version-check -r "$ROOT/$reqs"
+    rm -f "$VENV"/.requirements-*
+    touch "$stamp"
+  fi
+}

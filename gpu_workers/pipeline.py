@@ -29,7 +29,8 @@ def _checkpoint(reporter: Reporter) -> None:
 def run(spec: RunSpec, reporter: Reporter) -> None:
     torch.manual_seed(spec.seed)
     placement = devices.place(spec.device)
-    reporter.progress(0.0, f"loading {spec.model_source} on {placement.device} ({str(placement.dtype).removeprefix('torch.')})")
+    dtype = str(placement.dtype).removeprefix("torch.")
+    reporter.progress(0.0, f"loading {spec.model_source} on {placement.device} ({dtype})")
     loaded = load(spec.model_source, spec.method, spec.target_length, placement)
     reporter.log(f"method {spec.method.family} {loaded.params}; rope_parameters {loaded.model.config.rope_parameters}")
     _checkpoint(reporter)

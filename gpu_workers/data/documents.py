@@ -81,7 +81,8 @@ def load_documents(spec: DatasetSpec) -> list[dict[str, str]]:
     """The documents evaluations read: the held-out split for the built-in corpus, all of a local one."""
     if spec.kind == "builtin":
         directory = builtin_corpus.ensure_built(builtin_corpus_dir())
-        return [{"text": d["text"], "source": d["source"]} for d in builtin_corpus.read_jsonl(directory / "heldout.jsonl")]
+        rows = builtin_corpus.read_jsonl(directory / "heldout.jsonl")
+        return [{"text": d["text"], "source": d["source"]} for d in rows]
     path = Path(spec.path).expanduser()
     if not path.exists():
         raise DatasetError(f"Nothing at {spec.path}.")

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpu_workers.methods import none, ntk, pi, yarn
+from gpu_workers.methods import base_change, llama3, longrope, none, ntk, pi, yarn
 from gpu_workers.methods.base import Family, MethodError, Param, RopeFacts, RopeSetup, coerce, default_factor
 
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (none.FAMILY, pi.FAMILY, ntk.FIXED, ntk.DYNAMIC, yarn.FAMILY)
+    family.name: family
+    for family in (
+        none.FAMILY, pi.FAMILY, ntk.FIXED, ntk.DYNAMIC, yarn.FAMILY, llama3.FAMILY, longrope.FAMILY, base_change.FAMILY
+    )
 }
 
 __all__ = ["FAMILIES", "Family", "MethodError", "Param", "RopeFacts", "RopeSetup", "get", "rope_setup", "validate"]

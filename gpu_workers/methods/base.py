@@ -6,6 +6,9 @@ once (name, type, default, bounds, help) and the browser, the API and the worker
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,11 +43,13 @@ class RopeFacts:
 class Param:
     name: str
     label: str
-    kind: type  # float or int
+    kind: type
+    """``float``, ``int`` or ``list`` (a list of floats, typed as comma-separated numbers)."""
     default: float | int | None
     """``None`` means derived from the experiment (e.g. factor = target / original)."""
     help: str
     minimum: float | None = None
+    """For a list: the bound every element must meet."""
     exclusive_minimum: bool = False
 
 
@@ -73,6 +78,8 @@ def coerce(param: Param, raw: Any) -> Any:
     """Turn a typed value (form string, JSON number) into the declared type, or raise MethodError."""
     if raw is None or raw == "":
         return None
+    if param.kind is list:
+        return _coerce_list(param, raw)
     try:
         value = param.kind(raw) if param.kind is float else int(str(raw).strip())
     except (TypeError, ValueError):
@@ -80,12 +87,61 @@ def coerce(param: Param, raw: Any) -> Any:
         raise MethodError(f"{param.label} must be {kind}.", param.name) from None
     if param.kind is float and value != value:  # NaN
         raise MethodError(f"{param.label} must be a number.", param.name)
-    if param.minimum is not None:
-        too_small = value <= param.minimum if param.exclusive_minimum else value < param.minimum
-        if too_small:
-            relation = "greater than" if param.exclusive_minimum else "at least"
-            raise MethodError(f"{param.label} must be {relation} {param.minimum:g}.", param.name)
+    if _too_small(param, value):
+        raise MethodError(f"{param.label} must be {_relation(param)} {param.minimum:g}.", param.name)
     return value
+
+
+def _too_small(param: Param, value: float) -> bool:
+    if param.minimum is None:
+        return False
+    return value <= param.minimum if param.exclusive_minimum else value < param.minimum
+
+
+def _relation(param: Param) -> str:
+    return "greater than" if param.exclusive_minimum else "at least"
+
+
+def _coerce_list(param: Param, raw: Any) -> list[float] | None:
+    """A JSON list, or a string: ``[1, 2.5]`` (JSON) or ``1, 2.5`` (commas and/or whitespace between numbers)."""
+    items: Any = raw
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            items = json.loads(text) if text.startswith("[") else [t for t in re.split(r"[,\s]+", text) if t]
+        except json.JSONDecodeError:
+            raise MethodError(f"{param.label} must be numbers separated by commas.", param.name) from None
+    if not isinstance(items, list | tuple):
+        raise MethodError(f"{param.label} must be a list of numbers separated by commas.", param.name)
+    if not items:
+        return None
+    values: list[float] = []
+    for position, item in enumerate(items, start=1):
+        try:
+            if isinstance(item, bool):
+                raise TypeError
+            value = float(item)
+        except (TypeError, ValueError):
+            raise MethodError(f"{param.label}: item {position} ({item!r}) is not a number.", param.name) from None
+        if not math.isfinite(value):
+            raise MethodError(f"{param.label}: item {position} is not a finite number.", param.name)
+        if _too_small(param, value):
+            raise MethodError(
+                f"{param.label}: every item must be {_relation(param)} {param.minimum:g} "
+                f"(item {position} is {value:g}).",
+                param.name,
+            )
+        values.append(value)
+    return values
+
+
+def to_text(param: Param, value: Any) -> str:
+    """The string a form shows for a value, which ``coerce`` reads back to the same value."""
+    if value is None:
+        return ""
+    if param.kind is list:
+        return ", ".join(repr(float(v)) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def default_factor(base: RopeFacts, target_length: int) -> float:

@@ -52,7 +52,10 @@ FIXED = Family(
 DYNAMIC = Family(
     name="dynamic_ntk",
     label="Dynamic NTK",
-    help="Dynamic NTK (emozilla 2023): the base grows with the current input length; no change within the original context.",
+    help=(
+        "Dynamic NTK (emozilla 2023): the base grows with the current input length; "
+        "no change within the original context."
+    ),
     params=(FACTOR,),
     build=build_dynamic,
     check=check,

@@ -10,11 +10,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gpu_workers.methods.base import Family, MethodError, Param, RopeFacts, RopeSetup, require_factor_above_one, with_theta
+from gpu_workers.methods.base import (
+    Family,
+    MethodError,
+    Param,
+    RopeFacts,
+    RopeSetup,
+    require_factor_above_one,
+    with_theta,
+)
 
 PARAMS = (
     Param("factor", "Factor", float, None, "Scale s; blank = target length / original context.", 1.0, True),
-    Param("beta_fast", "β fast", float, 32.0, "Rotations above which a dimension is left alone (extrapolated).", 0.0, True),
+    Param(
+        "beta_fast", "β fast", float, 32.0, "Rotations above which a dimension is left alone (extrapolated).", 0.0, True
+    ),
     Param("beta_slow", "β slow", float, 1.0, "Rotations below which a dimension is fully interpolated.", 0.0, True),
     Param("attention_factor", "Attention factor", float, None, "Logit temperature; blank = 0.1·ln(s) + 1.", 0.0, True),
 )

@@ -117,4 +117,4 @@ def test_every_family_declares_help_and_labels() -> None:
     for family in methods.FAMILIES.values():
         assert family.label and family.help
         for param in family.params:
-            assert param.label and param.help and param.kind in (int, float)
+            assert param.label and param.help and param.kind in (int, float, list)

@@ -49,7 +49,8 @@ def test_dynamic_ntk_differs_by_length_and_resets_between_passes(tiny_model_dir:
     assert torch.allclose(short_after_long, short_fresh, atol=1e-5)
     # And the per-length path is what a fresh model gives at each length.
     results = perplexity.perplexity_by_length(loaded.model, docs, [128, 256], device=CPU.device, length_dependent=True)
-    expected_128 = math.exp(np.mean([perplexity.token_losses(fresh.model, d[:128], CPU.device).mean().item() for d in docs]))
+    fresh_losses = [perplexity.token_losses(fresh.model, d[:128], CPU.device).mean().item() for d in docs]
+    expected_128 = math.exp(np.mean(fresh_losses))
     assert results[0].perplexity == pytest.approx(expected_128, rel=1e-4)
     # Within the original context (64) dynamic NTK is the base model; beyond it, it is not. transformers
     # resets a grown cache only for inputs strictly shorter than the original, hence our own reset.

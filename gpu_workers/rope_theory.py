@@ -1,0 +1,168 @@
+"""The analytic side of RoPE: the numbers plotted next to measurements, and the ones methods derive from.
+
+Conventions (those of transformers' ``inv_freq``): a RoPE of rotary dimension ``d`` has ``d/2`` dimension
+*pairs*; pair ``i`` turns by ``θ_i = base^(−2i/d)`` radians per position, so its wavelength is
+``λ_i = 2π·base^(2i/d)`` tokens. "Per dimension" below means per pair (lists of length ``d/2``), except the
+critical dimension, which the papers count in dimensions (``2 × pairs``).
+
+Sources: Liu et al. 2023, "Scaling Laws of RoPE-based Extrapolation" (critical dimension, extrapolation
+bound); Peng et al. 2023, YaRN (ramp dims, as transformers' ``find_correction_range`` computes them);
+Shang et al. 2025, LongRoPE2 (critical dimension split of the factor search). Everything that needs a
+model's actual frequencies goes through the method family and transformers' own ``ROPE_INIT_FUNCTIONS``,
+so the theory plotted is the RoPE a run uses.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpu_workers.methods.base import RopeFacts, RopeSetup
+
+
+def _check_dim(rotary_dim: int) -> None:
+    if rotary_dim < 2 or rotary_dim % 2:
+        raise ValueError(f"the rotary dimension must be even and at least 2, not {rotary_dim}")
+
+
+def wavelengths(rotary_dim: int, base: float) -> list[float]:
+    """λ_i = 2π·base^(2i/d), in tokens, for each pair i (shortest first)."""
+    _check_dim(rotary_dim)
+    return [2 * math.pi * base ** (2 * i / rotary_dim) for i in range(rotary_dim // 2)]
+
+
+def full_period_dims(rotary_dim: int, base: float, context: int) -> list[int]:
+    """The pairs whose wavelength fits in ``context`` tokens: they saw every angle during training."""
+    return [i for i, wavelength in enumerate(wavelengths(rotary_dim, base)) if wavelength <= context]
+
+
+def critical_dimension(rotary_dim: int, base: float, train_length: int) -> int:
+    """Liu et al.'s d_extra = 2⌈(d/2)·log_base(T_train/2π)⌉: the dimensions trained on a full period.
+
+    Clipped to [0, d]. Equals ``2 * len(full_period_dims(...))`` unless a wavelength equals T_train exactly.
+    """
+    _check_dim(rotary_dim)
+    if train_length <= 2 * math.pi:
+        return 0
+    pairs = math.ceil(rotary_dim / 2 * math.log(train_length / (2 * math.pi)) / math.log(base))
+    return max(0, min(rotary_dim, 2 * pairs))
+
+
+def extrapolation_bound(rotary_dim: int, train_base: float, train_length: int, base: float | None = None) -> float:
+    """T_extra = 2π·base^(d_extra/d): the longest context the scaling law expects to work.
+
+    ``d_extra`` comes from the base and length the model was *trained* with; ``base`` is the base used at
+    run time (default: the trained one), so a larger base raises the bound. When every dimension completed
+    a full period in training (d_extra = d) the law sets no bound: ``inf``.
+    """
+    d_extra = critical_dimension(rotary_dim, train_base, train_length)
+    if d_extra >= rotary_dim:
+        return math.inf
+    return 2 * math.pi * (train_base if base is None else base) ** (d_extra / rotary_dim)
+
+
+def base_for_extrapolation(rotary_dim: int, train_base: float, train_length: int, wanted_length: float) -> float:
+    """The base whose bound is ``wanted_length``: (T/2π)^(d/d_extra), the inverse of :func:`extrapolation_bound`."""
+    d_extra = critical_dimension(rotary_dim, train_base, train_length)
+    if d_extra <= 0 or d_extra >= rotary_dim:
+        raise ValueError(f"the scaling law gives no base here (critical dimension {d_extra} of {rotary_dim})")
+    if wanted_length <= 2 * math.pi:
+        raise ValueError("the wanted length must exceed 2π tokens")
+    return (wanted_length / (2 * math.pi)) ** (rotary_dim / d_extra)
+
+
+def yarn_correction_dim(rotary_dim: int, base: float, original_length: int, rotations: float) -> float:
+    """The (fractional) pair index that turns ``rotations`` times over the original context."""
+    return rotary_dim * math.log(original_length / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+
+def yarn_ramp_dims(
+    rotary_dim: int,
+    base: float,
+    original_length: int,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+    truncate: bool = True,
+) -> tuple[float, float]:
+    """(low, high) pair indices of YaRN's ramp, as transformers' ``find_correction_range`` computes them.
+
+    Pairs ≤ low are left alone, pairs ≥ high are divided by the factor, pairs between are blended linearly
+    in the index. ``truncate`` (transformers' default) widens the ramp to whole indices (floor, ceil); the
+    result is clamped to [0, d − 1] exactly as transformers does (its upper clamp is d − 1, not d/2 − 1).
+    """
+    low = yarn_correction_dim(rotary_dim, base, original_length, beta_fast)
+    high = yarn_correction_dim(rotary_dim, base, original_length, beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    return max(low, 0), min(high, rotary_dim - 1)
+
+
+def yarn_ramp(rotary_dim: int, low: float, high: float) -> list[float]:
+    """Per pair: 0 = left alone (extrapolated), 1 = fully interpolated; linear in the index between."""
+    if low == high:
+        high += 0.001  # transformers' guard against a zero-width ramp
+    return [min(1.0, max(0.0, (i - low) / (high - low))) for i in range(rotary_dim // 2)]
+
+
+def longrope2_critical_dim(rotary_dim: int, base: float, original_length: int) -> int:
+    """LongRoPE2's split of the factor search: the first pair index that must scale by at least T/T_train.
+
+    LongRoPE2 (Shang et al. 2025) lets the pairs below this index take any factor ≥ 1 and constrains the
+    pairs from it on (those near or beyond a full period over the original context) to at least the
+    length ratio. Its search defaults it to ⌈(d/2)·log_base(T_train/2π)⌉ − 1, i.e. d_extra/2 − 1 — one
+    pair of margin below Liu et al.'s critical dimension. Clipped to [0, d/2 − 1].
+    """
+    pairs = critical_dimension(rotary_dim, base, original_length) // 2
+    return max(0, min(rotary_dim // 2 - 1, pairs - 1))
+
+
+def rope_frequencies(
+    family: str, params: dict[str, Any], base: RopeFacts, target_length: int, seq_len: int | None = None
+) -> tuple[list[float], float]:
+    """(inv_freq per pair, attention scaling) that transformers computes for a method, at ``seq_len``.
+
+    For length-dependent families (dynamic NTK, LongRoPE) ``seq_len`` picks the input length; ``None``
+    means the length a freshly built model starts from (the original context).
+    """
+    from gpu_workers import methods
+
+    return setup_frequencies(methods.rope_setup(family, params, base, target_length), base, seq_len)
+
+
+def setup_frequencies(setup: RopeSetup, base: RopeFacts, seq_len: int | None = None) -> tuple[list[float], float]:
+    """transformers' own ``ROPE_INIT_FUNCTIONS`` applied to a :class:`RopeSetup` (``default`` = ``linear`` ×1)."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = copy.deepcopy(setup.rope_parameters)
+    if rope["rope_type"] == "default":
+        # transformers has no init function for plain RoPE; linear with factor 1 is the same formula.
+        rope.update(rope_type="linear", factor=1.0)
+    config = LlamaConfig(
+        hidden_size=base.head_dim, num_attention_heads=1, num_key_value_heads=1, head_dim=base.head_dim,
+        intermediate_size=4, num_hidden_layers=1, vocab_size=8,
+        max_position_embeddings=int(setup.max_position_embeddings), rope_parameters=rope,
+    )
+    inv_freq, attention = ROPE_INIT_FUNCTIONS[rope["rope_type"]](config, None, seq_len=seq_len)
+    return [float(x) for x in inv_freq.double()], float(attention)
+
+
+def original_frequencies(base: RopeFacts) -> list[float]:
+    """The base model's own inv_freq, computed by transformers as for any method."""
+    from gpu_workers.methods.none import FAMILY
+
+    return setup_frequencies(FAMILY.build(base, base.original_context, {}), base)[0]
+
+
+def effective_scaling(
+    family: str, params: dict[str, Any], base: RopeFacts, target_length: int, seq_len: int | None = None
+) -> list[float]:
+    """Per pair: original inv_freq / new inv_freq — how much each RoPE dimension is interpolated.
+
+    1 = left as trained, s = squeezed like PI ×s, < 1 = turned faster. Length-dependent families are
+    evaluated at ``seq_len`` (default ``target_length``).
+    """
+    new, _ = rope_frequencies(family, params, base, target_length, target_length if seq_len is None else seq_len)
+    return [old / fresh for old, fresh in zip(original_frequencies(base), new, strict=True)]

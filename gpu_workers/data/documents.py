@@ -138,12 +138,19 @@ def long_documents(spec: DatasetSpec, tokenizer: Any, min_tokens: int, count: in
     )
 
 
-@lru_cache(maxsize=64)
-def count_long_documents(spec: DatasetSpec, tokenizer_source: str, min_tokens: int) -> int:
-    """How many evaluation documents reach *min_tokens* tokens (cached: the composer asks often)."""
+@lru_cache(maxsize=16)
+def _token_lengths(spec: DatasetSpec, tokenizer_source: str) -> tuple[int, ...]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, local_files_only=True)
     docs = load_documents(spec)
-    lengths = tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
-    return sum(len(ids) >= min_tokens for ids in lengths)
+    return tuple(len(ids) for ids in tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"])
+
+
+def count_long_documents(spec: DatasetSpec, tokenizer_source: str, min_tokens: int) -> int:
+    """How many evaluation documents reach *min_tokens* tokens.
+
+    Token lengths are cached per (dataset, tokenizer), so the composer, which asks on every
+    submit with whatever longest length the user typed, pays the tokenization once per process.
+    """
+    return sum(n >= min_tokens for n in _token_lengths(spec, tokenizer_source))

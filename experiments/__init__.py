@@ -1,0 +1,1 @@
+"""The domain app: teams, models, datasets, methods, experiments, runs and their measurements."""

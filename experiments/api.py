@@ -1,0 +1,269 @@
+"""The JSON API (/api/v1/): the same forms, services and selectors as the pages, in JSON.
+
+Creating an experiment translates the JSON body into the composer's form data and validates it
+with the very same :class:`~experiments.forms.Composer`, so the API cannot accept what the page
+would refuse; errors come back as ``{"errors": {field: [messages]}}`` with method rows named
+``methods.<index>.<param>``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import reverse
+
+from experiments import csv_export, leaderboard, selectors, services
+from experiments.access import (
+    can_submit,
+    experiment_for,
+    run_for,
+    submit_teams_of,
+    teams_of,
+    visible_base_models,
+    visible_datasets,
+    visible_methods,
+)
+from experiments.api_auth import api_view
+from experiments.forms import MAX_METHOD_ROWS, Composer
+from experiments.models import BaseModel, Dataset, Experiment, Method, Run, Team
+from gpu_workers.methods import FAMILIES
+
+# --- representations ------------------------------------------------------------------------------------
+
+
+def _ref(obj: Any) -> dict[str, Any] | None:
+    return {"id": obj.pk, "name": obj.name} if obj is not None else None
+
+
+def base_model_json(model: BaseModel) -> dict[str, Any]:
+    return {
+        "id": model.pk, "name": model.name, "source": model.source, "team": _ref(model.team),
+        "original_context": model.original_context, "head_dim": model.head_dim, "rope_theta": model.rope_theta,
+        "has_rope": model.has_rope, "parameters": model.parameters, "facts": model.facts,
+    }
+
+
+def dataset_json(dataset: Dataset) -> dict[str, Any]:
+    return {
+        "id": dataset.pk, "name": dataset.name, "team": _ref(dataset.team), "kind": dataset.kind,
+        "path": dataset.path, "text_field": dataset.text_field, "source_field": dataset.source_field,
+        "facts": dataset.facts,
+    }
+
+
+def method_json(method: Method) -> dict[str, Any]:
+    return {"id": method.pk, "name": method.name, "family": method.family, "params": method.params,
+            "team": _ref(method.team)}
+
+
+def experiment_json(experiment: Experiment, runs: list[Run] | None = None) -> dict[str, Any]:
+    runs = runs if runs is not None else list(experiment.runs.select_related("method").order_by("id"))
+    return {
+        "id": str(experiment.uuid),
+        "name": experiment.name,
+        "team": _ref(experiment.team),
+        "created_by": experiment.created_by.get_username() if experiment.created_by else None,
+        "created": experiment.created.isoformat(),
+        "base_model": _ref(experiment.base_model),
+        "dataset": _ref(experiment.dataset),
+        "target_length": experiment.target_length,
+        "eval_lengths": experiment.eval_lengths,
+        "eval_documents": experiment.eval_documents,
+        "training": experiment.training,
+        "evaluations": experiment.evaluations,
+        "url": reverse("experiment_detail", kwargs={"experiment_id": experiment.uuid}),
+        "measurements_csv": reverse("api_experiment_csv", kwargs={"experiment_id": experiment.uuid}),
+        "runs": [selectors.run_payload(run) for run in runs],
+    }
+
+
+# --- translating a JSON body into composer form data -----------------------------------------------------
+
+
+def _pick(queryset: QuerySet[Any], ref: Any, team: Team | None, what: str) -> tuple[Any | None, str | None]:
+    """Resolve an id or a name among *queryset*; a name shared by several prefers *team*'s own."""
+    if ref is None or ref == "":
+        return None, None
+    if isinstance(ref, bool) or not isinstance(ref, int | str):
+        return None, f"Give the {what} as an id or a name."
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        found = queryset.filter(pk=int(ref)).first()
+        if found is not None:
+            return found, None
+    matches = [obj for obj in queryset.filter(name=str(ref))]
+    if len(matches) > 1 and team is not None:
+        matches = [obj for obj in matches if getattr(obj, "team_id", None) == team.pk] or matches
+    if len(matches) == 1:
+        return matches[0], None
+    if not matches:
+        return None, f"Unknown {what} {ref!r}."
+    return None, f"Several {what}s are called {ref!r}; give its id."
+
+
+def composer_data(user: Any, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Form data for :class:`Composer` from the API body, plus errors the translation itself found."""
+    errors: dict[str, list[str]] = {}
+    data: dict[str, Any] = {}
+
+    my_teams = teams_of(user)
+    team, problem = _pick(my_teams, body.get("team"), None, "team")
+    if body.get("team") in (None, ""):
+        only = list(submit_teams_of(user)[:2])
+        team = only[0] if len(only) == 1 else None
+        if team is None:
+            problem = "Name the team (you can submit to several, or to none)."
+    if problem:
+        errors["team"] = [problem]
+    elif team is not None and not can_submit(user, team):
+        raise PermissionDenied("Viewers can look but not start runs.")
+    data["team"] = team.pk if team else ""
+
+    for key, queryset, what in (
+        ("base_model", visible_base_models(user), "base model"),
+        ("dataset", visible_datasets(user), "dataset"),
+    ):
+        obj, problem = _pick(queryset, body.get(key), team, what)
+        if problem:
+            errors[key] = [problem]
+        data[key] = obj.pk if obj else ""
+
+    for key in ("name", "target_length", "eval_documents"):
+        value = body.get(key)
+        data[key] = "" if value is None else value
+    if body.get("eval_documents") is None:
+        data["eval_documents"] = 8
+    lengths = body.get("eval_lengths")
+    if lengths is None:
+        data["eval_lengths"] = ""
+    elif isinstance(lengths, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in lengths):
+        data["eval_lengths"] = ",".join(str(n) for n in lengths)
+    else:
+        errors["eval_lengths"] = ["Give eval_lengths as a list of whole numbers of tokens."]
+        data["eval_lengths"] = ""
+
+    methods = body.get("methods")
+    if not isinstance(methods, list) or not all(isinstance(m, dict) for m in methods):
+        errors["methods"] = ['Give methods as a list of {"family": ..., "params": {...}} objects.']
+        methods = []
+    prefix = Composer.prefix
+    data.update({f"{prefix}-TOTAL_FORMS": len(methods), f"{prefix}-INITIAL_FORMS": 0,
+                 f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": MAX_METHOD_ROWS})
+    for i, method in enumerate(methods):
+        family = method.get("family")
+        if family not in FAMILIES:
+            errors[f"methods.{i}.family"] = [f"Unknown method family {family!r}; choose one of {', '.join(FAMILIES)}."]
+        params = method.get("params") or {}
+        data[f"{prefix}-{i}-family"] = family if isinstance(family, str) else ""
+        data[f"{prefix}-{i}-params_json"] = json.dumps(params)
+    return data, errors
+
+
+# --- endpoints ---------------------------------------------------------------------------------------------
+
+
+def _body(request: HttpRequest) -> dict[str, Any] | None:
+    try:
+        body = json.loads(request.body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+@api_view("GET", "POST")
+def experiments(request: HttpRequest) -> JsonResponse:
+    if request.method == "GET":
+        rows = selectors.experiments_for_user(request.user)[:200]
+        return JsonResponse({"experiments": [
+            {"id": str(e.uuid), "name": e.name, "team": _ref(e.team), "base_model": _ref(e.base_model),
+             "created": e.created.isoformat(), "runs": e.n_runs,
+             "url": reverse("api_experiment", kwargs={"experiment_id": e.uuid})}
+            for e in rows
+        ]})
+    body = _body(request)
+    if body is None:
+        return JsonResponse({"errors": {"__all__": ["The body must be a JSON object."]}}, status=400)
+    data, errors = composer_data(request.user, body)
+    composer = Composer(request.user, data)
+    if not composer.is_valid() or errors:
+        merged = composer.errors()
+        merged.update(errors)
+        return JsonResponse({"errors": merged}, status=400)
+    experiment = services.submit_experiment(request.user, composer.cleaned())
+    return JsonResponse(experiment_json(experiment), status=201)
+
+
+@api_view("GET")
+def experiment(request: HttpRequest, experiment_id: str) -> JsonResponse:
+    found = experiment_for(request.user, experiment_id)
+    data = experiment_json(found)
+    data["series"] = {name: [list(p) for p in points] for name, points in selectors.comparison_series(found).items()}
+    return JsonResponse(data)
+
+
+@api_view("GET")
+def experiment_csv(request: HttpRequest, experiment_id: str) -> HttpResponse:
+    found = experiment_for(request.user, experiment_id)
+    return csv_export.csv_response(f"{found.name}-measurements", selectors.MEASUREMENT_COLUMNS,
+                                   selectors.measurement_rows(found))
+
+
+def _run_json(run: Run) -> dict[str, Any]:
+    data = selectors.run_payload(run, log_lines=None)
+    data["experiment"] = str(run.experiment.uuid)
+    data["measurements"] = [selectors.measurement_payload(m) for m in run.measurements.order_by("id")]
+    return data
+
+
+@api_view("GET")
+def run(request: HttpRequest, run_id: str) -> JsonResponse:
+    return JsonResponse(_run_json(run_for(request.user, run_id)))
+
+
+@api_view("POST")
+def run_cancel(request: HttpRequest, run_id: str) -> JsonResponse:
+    return JsonResponse(_run_json(services.cancel_run(request.user, run_for(request.user, run_id))))
+
+
+@api_view("POST")
+def run_retry(request: HttpRequest, run_id: str) -> JsonResponse:
+    return JsonResponse(_run_json(services.retry_run(request.user, run_for(request.user, run_id))))
+
+
+@api_view("GET")
+def leaderboard_csv(request: HttpRequest) -> HttpResponse:
+    missing = {key: ["This parameter is required."] for key in ("base_model", "context_length")
+               if not request.GET.get(key)}
+    if missing:
+        return JsonResponse({"errors": missing}, status=400)
+    return leaderboard.csv_response(leaderboard.resolve(request.user, request.GET))
+
+
+@api_view("GET")
+def models(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"models": [base_model_json(m) for m in visible_base_models(request.user)]})
+
+
+@api_view("GET")
+def datasets(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"datasets": [dataset_json(d) for d in visible_datasets(request.user)]})
+
+
+@api_view("GET")
+def methods(request: HttpRequest) -> JsonResponse:
+    families = [
+        {
+            "name": family.name, "label": family.label, "help": family.help, "needs_rope": family.needs_rope,
+            "length_dependent": family.length_dependent,
+            "params": [
+                {"name": p.name, "label": p.label, "type": p.kind.__name__, "default": p.default, "help": p.help,
+                 "minimum": p.minimum, "exclusive_minimum": p.exclusive_minimum}
+                for p in family.params
+            ],
+        }
+        for family in FAMILIES.values()
+    ]
+    return JsonResponse({"families": families, "methods": [method_json(m) for m in visible_methods(request.user)]})

@@ -1,0 +1,243 @@
+"""The reader: what pages, the API and CSV exports show, each a fixed number of queries.
+
+Nothing here writes, and nothing here lazily touches a relation per row: every function's query
+count is independent of the number of runs (the tests pin the counts).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Avg, Count, Max, Min, Prefetch, Q, QuerySet
+
+from experiments.access import visible_experiments
+from experiments.models import BaseModel, Experiment, Measurement, Method, Run, Team
+
+Point = tuple[int, float, float | None, float | None]
+"""(context length, value, ci_low, ci_high)"""
+
+LOWER_IS_BETTER = {"perplexity", "eval_seconds", "peak_memory_mb", "loss"}
+STATUS_LOG_LINES = 8
+
+
+def experiments_for_user(user: Any) -> QuerySet[Experiment]:
+    """The dashboard list with run counts per status: one query."""
+    counts = {
+        f"n_{status}": Count("runs", filter=Q(runs__status=status), distinct=True) for status in Run.Status.values
+    }
+    return (
+        visible_experiments(user)
+        .select_related("team", "base_model", "dataset", "created_by")
+        .annotate(n_runs=Count("runs", distinct=True), **counts)
+        .order_by("-created")
+    )
+
+
+@dataclass
+class ExperimentDetail:
+    experiment: Experiment
+    runs: list[Run]
+    series: dict[str, list[Point]] = field(default_factory=dict)
+
+
+def experiment_detail(experiment: Experiment) -> ExperimentDetail:
+    """Runs with their methods and measurements (``run.measurement_list``): two queries."""
+    runs = list(
+        experiment.runs.select_related("method")
+        .prefetch_related(Prefetch("measurements", queryset=Measurement.objects.order_by("metric", "context_length",
+                                                                                           "id"),
+                                   to_attr="measurement_list"))
+        .order_by("id")
+    )
+    series: dict[str, list[Point]] = {}
+    for run in runs:
+        points = [
+            (m.context_length, m.value, m.ci_low, m.ci_high)
+            for m in run.measurement_list
+            if m.metric == "perplexity" and m.context_length is not None
+        ]
+        if points:
+            series[run.method.name] = sorted(points)
+    return ExperimentDetail(experiment, runs, series)
+
+
+def comparison_series(experiment: Experiment, metric: str = "perplexity") -> dict[str, list[Point]]:
+    """{method label: [(length, value, ci_low, ci_high), …]} in run order: one query."""
+    rows = (
+        Measurement.objects.filter(run__experiment=experiment, metric=metric, context_length__isnull=False)
+        .order_by("run_id", "context_length", "id")
+        .values_list("run__method__name", "context_length", "value", "ci_low", "ci_high")
+    )
+    series: dict[str, list[Point]] = {}
+    for name, length, value, low, high in rows:
+        series.setdefault(name, []).append((length, value, low, high))
+    return series
+
+
+def run_payload(run: Run, log_lines: int | None = STATUS_LOG_LINES) -> dict[str, Any]:
+    """A run's state as JSON-ready data (no queries if ``run.method`` is loaded)."""
+    lines = run.log_lines
+    return {
+        "id": str(run.uuid),
+        "method": {"id": run.method_id, "name": run.method.name, "family": run.method.family,
+                   "params": run.method.params},
+        "status": run.status,
+        "status_label": run.get_status_display(),
+        "progress": round(run.progress, 4),
+        "progress_message": run.progress_message,
+        "cancel_requested": run.cancel_requested,
+        "log": lines[-log_lines:] if log_lines else lines,
+        "error": run.error,
+        "attempt": run.attempt,
+        "worker": run.worker,
+        "queued_at": _iso(run.queued_at),
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "heartbeat_at": _iso(run.heartbeat_at),
+        "duration_s": run.duration_s,
+        "can_cancel": run.is_active,
+        "can_retry": run.is_retryable,
+    }
+
+
+def run_status_payload(experiment: Experiment) -> dict[str, Any]:
+    """What the experiment page polls every 2 s: run states plus the perplexity series. Two queries."""
+    runs = list(experiment.runs.select_related("method").order_by("id"))
+    return {
+        "experiment": str(experiment.uuid),
+        "active": any(run.is_active for run in runs),
+        "runs": [run_payload(run) for run in runs],
+        "series": comparison_series(experiment),
+        "original_context": experiment.base_model.original_context,
+    }
+
+
+def measurement_payload(m: Measurement) -> dict[str, Any]:
+    return {
+        "metric": m.metric, "value": m.value, "context_length": m.context_length, "depth": m.depth,
+        "samples": m.samples, "ci_low": m.ci_low, "ci_high": m.ci_high, "step": m.step,
+    }
+
+
+# --- leaderboard ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class LeaderboardRow:
+    rank: int
+    method: Method
+    runs: int
+    mean: float
+    best: float
+    best_experiment: tuple[str, str] | None
+    """(experiment uuid, experiment name) of the best run."""
+    experiments: list[tuple[str, str]]
+
+
+def _finished_measurements(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, context_length: int,
+                           metric: str) -> QuerySet[Measurement]:
+    return Measurement.objects.filter(
+        metric=metric,
+        context_length=context_length,
+        run__status=Run.Status.SUCCEEDED,
+        run__experiment__team__in=teams,
+        run__experiment__base_model=base_model,
+    )
+
+
+def leaderboard_rows(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, context_length: int,
+                     metric: str = "perplexity") -> list[LeaderboardRow]:
+    """Methods ranked by their best value at *context_length* over the teams' succeeded runs: 3 queries."""
+    lower = metric in LOWER_IS_BETTER
+    best = Min("value") if lower else Max("value")
+    measurements = _finished_measurements(teams, base_model, context_length, metric)
+    totals = list(
+        measurements.values("run__method_id")
+        .annotate(n=Count("run_id", distinct=True), mean=Avg("value"), best=best)
+        .order_by("best" if lower else "-best", "run__method_id")
+    )
+    per_experiment = (
+        measurements.values("run__method_id", "run__experiment__uuid", "run__experiment__name")
+        .annotate(best=best)
+        .order_by("run__experiment__name")
+    )
+    experiments: dict[int, list[tuple[str, str, float]]] = defaultdict(list)
+    for row in per_experiment:
+        experiments[row["run__method_id"]].append(
+            (str(row["run__experiment__uuid"]), row["run__experiment__name"], row["best"])
+        )
+    methods = Method.objects.in_bulk([row["run__method_id"] for row in totals])
+    rows = []
+    for rank, row in enumerate(totals, 1):
+        links = experiments[row["run__method_id"]]
+        winner = (min if lower else max)(links, key=lambda link: link[2]) if links else None
+        rows.append(LeaderboardRow(
+            rank=rank,
+            method=methods[row["run__method_id"]],
+            runs=row["n"],
+            mean=row["mean"],
+            best=row["best"],
+            best_experiment=(winner[0], winner[1]) if winner else None,
+            experiments=[(uuid, name) for uuid, name, _ in links],
+        ))
+    return rows
+
+
+def leaderboard_lengths(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel,
+                        metric: str = "perplexity") -> list[int]:
+    """Context lengths with finished measurements, for the leaderboard's filter: one query."""
+    return list(
+        Measurement.objects.filter(
+            metric=metric, context_length__isnull=False, run__status=Run.Status.SUCCEEDED,
+            run__experiment__team__in=teams, run__experiment__base_model=base_model,
+        ).values_list("context_length", flat=True).distinct().order_by("context_length")
+    )
+
+
+# --- CSV -----------------------------------------------------------------------------------------------
+
+
+MEASUREMENT_COLUMNS = (
+    "experiment", "experiment_id", "run_id", "method", "family", "method_params", "status", "started",
+    "duration_s", "metric", "context_length", "depth", "samples", "value", "ci_low", "ci_high",
+)
+
+
+def measurement_rows(experiment: Experiment) -> Iterator[dict[str, Any]]:
+    """One row per measurement (a run without any gets one row with blank metric): two queries."""
+    runs = list(experiment.runs.select_related("method").order_by("id"))
+    by_run: dict[int, list[Measurement]] = defaultdict(list)
+    for m in Measurement.objects.filter(run__experiment=experiment).order_by("run_id", "metric", "context_length",
+                                                                             "id"):
+        by_run[m.run_id].append(m)
+    for run in runs:
+        base = {
+            "experiment": experiment.name,
+            "experiment_id": str(experiment.uuid),
+            "run_id": str(run.uuid),
+            "method": run.method.name,
+            "family": run.method.family,
+            "method_params": run.method.params,
+            "status": run.status,
+            "started": _iso(run.started_at),
+            "duration_s": run.duration_s,
+        }
+        measurements = by_run.get(run.pk) or [None]
+        for m in measurements:
+            yield {
+                **base,
+                "metric": m.metric if m else None,
+                "context_length": m.context_length if m else None,
+                "depth": m.depth if m else None,
+                "samples": m.samples if m else None,
+                "value": m.value if m else None,
+                "ci_low": m.ci_low if m else None,
+                "ci_high": m.ci_high if m else None,
+            }
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat() if moment else None

@@ -1,0 +1,322 @@
+"""The only writer: every change to teams' experiments, runs and measurements happens here.
+
+Run state moves only by conditional UPDATEs keyed on the run's current ``uuid`` and status
+(queued → running → succeeded | failed | cancelled), so duplicate task deliveries, late writes from
+a worker the sweeper gave up on, and a retry racing an old message all find nothing to change.
+
+Retry policy: a failed or cancelled run is retried **in place** as a new attempt: the same Run
+row (one row per method in an experiment) gets a fresh ``uuid`` (the new Celery task id),
+``attempt + 1``, cleared progress/log/error, and its previous measurements and artifacts are deleted.
+The old attempt's uuid then matches no row, so anything still carrying it is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import traceback
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from experiments.access import require_submit
+from experiments.method_labels import method_label
+from experiments.models import (
+    ApiToken,
+    Artifact,
+    BaseModel,
+    Dataset,
+    Experiment,
+    Measurement,
+    Method,
+    Run,
+    Team,
+    params_hash,
+)
+from gpu_workers.reporter import Cancelled
+from gpu_workers.reporter import Measurement as ReportedMeasurement
+from gpu_workers.spec import EvalSpec, MethodSpec, RunSpec
+
+logger = logging.getLogger(__name__)
+Status = Run.Status
+
+
+# --- submitting --------------------------------------------------------------------------------------
+
+
+def get_or_create_method(team: Team, family: str, params: dict[str, Any], name: str) -> Method:
+    """A shared Method with these canonical parameters if one exists, else the team's own."""
+    digest = params_hash(params)
+    shared = Method.objects.filter(team__isnull=True, family=family, params_hash=digest).first()
+    if shared is not None:
+        return shared
+    method, _ = Method.objects.get_or_create(
+        team=team, family=family, params_hash=digest, defaults={"params": params, "name": name}
+    )
+    return method
+
+
+def submit_experiment(user: Any, data: dict[str, Any]) -> Experiment:
+    """Write an Experiment, its Methods and one queued Run per method; enqueue the runs on commit.
+
+    *data* is the composer's cleaned data: team, name, base_model, dataset, target_length,
+    eval_lengths, eval_documents and methods (a list of ``{"family", "params"}`` with canonical params).
+    """
+    team: Team = data["team"]
+    require_submit(user, team)
+    base_model: BaseModel = data["base_model"]
+    now = timezone.now()
+    with transaction.atomic():
+        experiment = Experiment.objects.create(
+            team=team,
+            created_by=user,
+            name=data["name"],
+            base_model=base_model,
+            dataset=data["dataset"],
+            target_length=data["target_length"],
+            eval_lengths=list(data["eval_lengths"]),
+            eval_documents=data["eval_documents"],
+            training={"mode": "none"},
+            evaluations=["perplexity"],
+        )
+        for row in data["methods"]:
+            name = method_label(row["family"], row["params"], base_model.rope_facts(), data["target_length"])
+            method = get_or_create_method(team, row["family"], row["params"], name)
+            run = Run.objects.create(experiment=experiment, method=method, status=Status.QUEUED, queued_at=now)
+            _enqueue_on_commit(run.uuid)
+    return experiment
+
+
+def _enqueue_on_commit(run_uuid: uuid.UUID) -> None:
+    transaction.on_commit(lambda: enqueue_run(str(run_uuid)))
+
+
+def enqueue_run(run_uuid: str) -> None:
+    """Send the run's task; if the broker is unreachable, fail the run visibly instead of losing it."""
+    from experiments.tasks import execute_run
+
+    try:
+        execute_run.apply_async(args=[run_uuid], task_id=run_uuid, queue="gpu")
+    except Exception as exc:  # any broker error must end as a visible failed run
+        logger.exception("could not enqueue run %s", run_uuid)
+        Run.objects.filter(uuid=run_uuid, status=Status.QUEUED).update(
+            status=Status.FAILED, finished_at=timezone.now(), error=f"could not reach the task queue: {exc}"
+        )
+
+
+# --- the worker side ---------------------------------------------------------------------------------
+
+
+def claim_run(run_id: str, worker: str) -> bool:
+    """queued → running, atomically; False when there was nothing to claim (duplicate, cancelled)."""
+    now = timezone.now()
+    claimed = Run.objects.filter(uuid=run_id, status=Status.QUEUED, cancel_requested=False).update(
+        status=Status.RUNNING, worker=worker[:200], started_at=now, heartbeat_at=now, progress=0.0
+    )
+    return claimed == 1
+
+
+def run_spec_for(run: Run) -> RunSpec:
+    """The plain-data description of a run that the ML side accepts."""
+    experiment = run.experiment
+    return RunSpec(
+        run_id=str(run.uuid),
+        model_source=experiment.base_model.source,
+        dataset=experiment.dataset.spec(),
+        method=MethodSpec(family=run.method.family, params=dict(run.method.params)),
+        target_length=experiment.target_length,
+        eval=EvalSpec(lengths=tuple(experiment.eval_lengths), documents=experiment.eval_documents),
+        seed=0,
+        device=settings.CONTEXTLAB_DEVICE,
+    )
+
+
+def finish_run(run_id: str, status: str, error: str = "") -> bool:
+    """running → a final status; False if the run was no longer running (e.g. swept)."""
+    fields: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "error": error}
+    if status == Status.SUCCEEDED:
+        fields["progress"] = 1.0
+    return Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(**fields) == 1
+
+
+def execute_run(run_id: str, worker: str = "") -> str:
+    """Claim, run the pipeline with a database reporter, and record how it ended. Returns the status."""
+    from experiments.reporter import DbReporter
+
+    if not claim_run(run_id, worker):
+        logger.info("run %s: nothing to claim (duplicate delivery, cancelled or retried)", run_id)
+        return "skipped"
+    run = Run.objects.select_related("experiment__base_model", "experiment__dataset", "method").get(uuid=run_id)
+    reporter = DbReporter(run_id)
+    try:
+        with reporter.heartbeat():
+            reporter.log(f"attempt {run.attempt} on {worker or 'unknown worker'}")
+            spec = run_spec_for(run)
+            from gpu_workers import pipeline
+
+            pipeline.run(spec, reporter)
+    except Cancelled:
+        reporter.log("cancelled")
+        finish_run(run_id, Status.CANCELLED)
+        return Status.CANCELLED
+    except Exception as exc:  # any pipeline error fails this run only
+        logger.exception("run %s failed", run_id)
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+        message = f"{type(exc).__name__}: {exc}"
+        reporter.log(f"{message}{where}")
+        finish_run(run_id, Status.FAILED, error=message)
+        return Status.FAILED
+    finish_run(run_id, Status.SUCCEEDED)
+    return Status.SUCCEEDED
+
+
+def write_progress(run_id: str, fraction: float, message: str, log_tail: str) -> None:
+    Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(
+        progress=min(max(float(fraction), 0.0), 1.0), progress_message=message[:300], log_tail=log_tail
+    )
+
+
+def write_log(run_id: str, log_tail: str) -> None:
+    Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(log_tail=log_tail)
+
+
+def beat(run_id: str) -> None:
+    Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(heartbeat_at=timezone.now())
+
+
+def should_stop(run_id: str) -> bool:
+    """True when cancel was asked for, or the run is no longer this attempt's to run."""
+    row = Run.objects.filter(uuid=run_id).values("status", "cancel_requested").first()
+    return row is None or row["cancel_requested"] or row["status"] != Status.RUNNING
+
+
+def record_measurement(run_id: str, measurement: ReportedMeasurement) -> Measurement | None:
+    """Store one reported number, if the run is still running as this attempt."""
+    run = Run.objects.filter(uuid=run_id, status=Status.RUNNING).only("id").first()
+    if run is None:
+        return None
+    return Measurement.objects.create(
+        run=run,
+        metric=measurement.metric,
+        value=float(measurement.value),
+        context_length=measurement.context_length,
+        depth=measurement.depth,
+        samples=measurement.samples,
+        ci_low=measurement.ci_low,
+        ci_high=measurement.ci_high,
+        step=measurement.step,
+    )
+
+
+def record_artifact(run_id: str, kind: str, path: str) -> Artifact | None:
+    run = Run.objects.filter(uuid=run_id, status=Status.RUNNING).only("id").first()
+    if run is None:
+        return None
+    return Artifact.objects.create(run=run, kind=kind[:60], path=path[:1000])
+
+
+# --- controlling runs --------------------------------------------------------------------------------
+
+
+def cancel_run(user: Any, run: Run) -> Run:
+    """Queued: cancelled at once. Running: flag it; the pipeline stops at its next check."""
+    require_submit(user, run.experiment.team)
+    now = timezone.now()
+    cancelled = Run.objects.filter(pk=run.pk, status=Status.QUEUED).update(
+        status=Status.CANCELLED, cancel_requested=True, finished_at=now
+    )
+    if not cancelled:
+        Run.objects.filter(pk=run.pk, status=Status.RUNNING).update(cancel_requested=True)
+    run.refresh_from_db()
+    return run
+
+
+def retry_run(user: Any, run: Run) -> Run:
+    """A failed or cancelled run becomes a new queued attempt (see the module docstring)."""
+    require_submit(user, run.experiment.team)
+    new_uuid = uuid.uuid4()
+    with transaction.atomic():
+        retried = Run.objects.filter(pk=run.pk, status__in=Run.RETRYABLE).update(
+            uuid=new_uuid,
+            status=Status.QUEUED,
+            cancel_requested=False,
+            progress=0.0,
+            progress_message="",
+            log_tail="",
+            worker="",
+            heartbeat_at=None,
+            queued_at=timezone.now(),
+            started_at=None,
+            finished_at=None,
+            error="",
+            attempt=F("attempt") + 1,
+        )
+        if retried:
+            Measurement.objects.filter(run_id=run.pk).delete()
+            Artifact.objects.filter(run_id=run.pk).delete()
+            _enqueue_on_commit(new_uuid)
+    run.refresh_from_db()
+    return run
+
+
+def sweep_stale_runs(now: datetime | None = None) -> int:
+    """Fail running runs whose worker stopped writing heartbeats; returns how many."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.CONTEXTLAB_HEARTBEAT_TIMEOUT)
+    stale = Run.objects.filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff), status=Status.RUNNING
+    ).values_list("pk", "heartbeat_at")
+    swept = 0
+    for pk, heartbeat_at in stale:
+        since = heartbeat_at.isoformat(timespec="seconds") if heartbeat_at else "start"
+        swept += Run.objects.filter(pk=pk, status=Status.RUNNING, heartbeat_at=heartbeat_at).update(
+            status=Status.FAILED, finished_at=now, error=f"worker lost (no heartbeat since {since})"
+        )
+    if swept:
+        logger.warning("swept %d run(s) whose worker stopped sending heartbeats", swept)
+    return swept
+
+
+# --- catalogue -----------------------------------------------------------------------------------------
+
+
+def register_base_model(user: Any, team: Team | None, name: str, source: str, facts: dict[str, Any]) -> BaseModel:
+    if team is not None:
+        require_submit(user, team)
+    model = BaseModel(team=team, name=name, source=source)
+    model.apply_facts(facts)
+    model.save()
+    return model
+
+
+def register_dataset(user: Any, team: Team | None, fields: dict[str, Any], facts: dict[str, Any]) -> Dataset:
+    if team is not None:
+        require_submit(user, team)
+    return Dataset.objects.create(team=team, facts=facts, **fields)
+
+
+# --- API tokens ----------------------------------------------------------------------------------------
+
+
+def create_api_token(user: Any, name: str) -> tuple[ApiToken, str]:
+    """A new token and its key; the key is returned once and never stored."""
+    key = secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(user=user, name=name[:100] or "token", key_hash=ApiToken.hash_key(key),
+                                    prefix=key[:8])
+    return token, key
+
+
+def revoke_api_tokens(user: Any, token_ids: Iterable[int]) -> int:
+    deleted, _ = ApiToken.objects.filter(user=user, pk__in=list(token_ids)).delete()
+    return deleted
+
+
+def touch_api_token(token: ApiToken) -> None:
+    ApiToken.objects.filter(pk=token.pk).update(last_used=timezone.now())

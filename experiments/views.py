@@ -1,0 +1,206 @@
+"""Server-rendered pages. Reads go through selectors, writes through services.
+
+Every view is login-required and scoped to the user's teams (others' objects are 404); views that
+change state are POST-only; viewers may look but get 403 on anything that writes.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from experiments import csv_export, leaderboard, selectors, services
+from experiments.access import (
+    can_submit,
+    experiment_for,
+    run_for,
+    submit_teams_of,
+    teams_of,
+    visible_base_models,
+    visible_datasets,
+    visible_methods,
+)
+from experiments.forms import BaseModelForm, Composer, DatasetForm
+from experiments.models import ApiToken
+from gpu_workers.methods import FAMILIES
+
+
+def _require_some_submit_team(request: HttpRequest) -> None:
+    if not submit_teams_of(request.user).exists():
+        raise PermissionDenied("You are a viewer in all your teams.")
+
+
+@login_required
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    return render(request, "experiments/dashboard.html", {
+        "experiments": selectors.experiments_for_user(request.user),
+        "teams": teams_of(request.user),
+        "can_submit": submit_teams_of(request.user).exists(),
+    })
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def experiment_new(request: HttpRequest) -> HttpResponse:
+    _require_some_submit_team(request)
+    composer = Composer(request.user, request.POST if request.method == "POST" else None)
+    if request.method == "POST" and composer.is_valid():
+        experiment = services.submit_experiment(request.user, composer.cleaned())
+        messages.success(request, f"Queued {experiment.runs.count()} runs.")
+        return redirect("experiment_detail", experiment_id=experiment.uuid)
+    return render(request, "experiments/composer.html", {
+        "composer": composer,
+        "families": list(FAMILIES.values()),
+    })
+
+
+@login_required
+@require_GET
+def experiment_detail(request: HttpRequest, experiment_id: str) -> HttpResponse:
+    experiment = experiment_for(request.user, experiment_id)
+    detail = selectors.experiment_detail(experiment)
+    return render(request, "experiments/experiment_detail.html", {
+        "experiment": experiment,
+        "detail": detail,
+        "can_submit": can_submit(request.user, experiment.team),
+        "chart": {"series": detail.series, "original_context": experiment.base_model.original_context},
+        "status_url_active": any(run.is_active for run in detail.runs),
+    })
+
+
+@login_required
+@require_GET
+def experiment_status(request: HttpRequest, experiment_id: str) -> JsonResponse:
+    experiment = experiment_for(request.user, experiment_id)
+    return JsonResponse(selectors.run_status_payload(experiment))
+
+
+@login_required
+@require_GET
+def experiment_csv(request: HttpRequest, experiment_id: str) -> StreamingHttpResponse:
+    experiment = experiment_for(request.user, experiment_id)
+    return csv_export.csv_response(
+        f"{experiment.name}-measurements", selectors.MEASUREMENT_COLUMNS, selectors.measurement_rows(experiment)
+    )
+
+
+@login_required
+@require_POST
+def run_cancel(request: HttpRequest, run_id: str) -> HttpResponse:
+    run = services.cancel_run(request.user, run_for(request.user, run_id))
+    if run.status == run.Status.CANCELLED:
+        word = "cancelled"
+    else:
+        word = "asked to stop" if run.cancel_requested else run.status
+    messages.info(request, f"{run.method.name}: {word}.")
+    return redirect("experiment_detail", experiment_id=run.experiment.uuid)
+
+
+@login_required
+@require_POST
+def run_retry(request: HttpRequest, run_id: str) -> HttpResponse:
+    run = services.retry_run(request.user, run_for(request.user, run_id))
+    messages.info(request, f"{run.method.name}: attempt {run.attempt} is {run.status}.")
+    return redirect("experiment_detail", experiment_id=run.experiment.uuid)
+
+
+# --- catalogue ------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def model_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "experiments/model_list.html", {
+        "models": visible_base_models(request.user),
+        "can_submit": submit_teams_of(request.user).exists(),
+    })
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def model_new(request: HttpRequest) -> HttpResponse:
+    _require_some_submit_team(request)
+    form = BaseModelForm(request.POST if request.method == "POST" else None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        model = services.register_base_model(request.user, data["team"], data["name"], data["source"], form.facts)
+        messages.success(request, f"Registered {model.name} (original context {model.original_context}).")
+        return redirect("model_list")
+    return render(request, "experiments/model_form.html", {"form": form})
+
+
+@login_required
+@require_GET
+def dataset_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "experiments/dataset_list.html", {
+        "datasets": visible_datasets(request.user),
+        "can_submit": submit_teams_of(request.user).exists(),
+    })
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def dataset_new(request: HttpRequest) -> HttpResponse:
+    _require_some_submit_team(request)
+    form = DatasetForm(request.POST if request.method == "POST" else None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        dataset = services.register_dataset(request.user, form.cleaned_data["team"], form.dataset_fields(),
+                                            form.facts)
+        messages.success(request, f"Registered {dataset.name} ({dataset.facts.get('documents')} documents).")
+        return redirect("dataset_list")
+    return render(request, "experiments/dataset_form.html", {"form": form})
+
+
+@login_required
+@require_GET
+def method_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "experiments/method_list.html", {
+        "methods": visible_methods(request.user),
+        "families": list(FAMILIES.values()),
+    })
+
+
+# --- leaderboard ----------------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def leaderboard_page(request: HttpRequest) -> HttpResponse:
+    query = leaderboard.resolve(request.user, request.GET)
+    return render(request, "experiments/leaderboard.html", {"query": query})
+
+
+@login_required
+@require_GET
+def leaderboard_csv(request: HttpRequest) -> StreamingHttpResponse:
+    return leaderboard.csv_response(leaderboard.resolve(request.user, request.GET))
+
+
+# --- API tokens -----------------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def token_list(request: HttpRequest) -> HttpResponse:
+    new_key = None
+    if request.method == "POST":
+        name = (request.POST.get("name") or "").strip() or "API token"
+        _, new_key = services.create_api_token(request.user, name)
+    return render(request, "experiments/token_list.html", {
+        "tokens": ApiToken.objects.filter(user=request.user),
+        "new_key": new_key,
+    })
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
+    services.revoke_api_tokens(request.user, [token.pk])
+    messages.info(request, f"Revoked {token.name}.")
+    return redirect("token_list")

@@ -1,0 +1,156 @@
+"""Runs travel for real: HTTP API → PostgreSQL → Redis → a Celery worker process → measurements.
+
+These tests use the shipped demo model and the demo corpus, and a real worker process consuming
+the real broker; nothing runs eagerly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from experiments import services
+from experiments.models import Method, Run
+from tests.integration.conftest import wait_for
+from tests.integration.worker import WorkerProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture
+def api(demo_assets: Any) -> tuple[Client, dict[str, str]]:
+    call_command("seed_demo", verbosity=0)
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.get(username="demo")
+    _, key = services.create_api_token(user, "e2e")
+    return Client(enforce_csrf_checks=True), {"HTTP_AUTHORIZATION": f"Token {key}"}
+
+
+def _submit(api: tuple[Client, dict[str, str]], methods: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
+    client, auth = api
+    body = {
+        "name": "e2e", "base_model": "Demo Llama (tiny)", "dataset": "Demo corpus (code + prose)",
+        "target_length": 1024, "eval_lengths": [256, 1024], "eval_documents": 8, "methods": methods, **overrides,
+    }
+    response = client.post("/api/v1/experiments/", body, content_type="application/json", **auth)
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def _run(api: tuple[Client, dict[str, str]], run_id: str) -> dict[str, Any]:
+    client, auth = api
+    response = client.get(f"/api/v1/runs/{run_id}/", **auth)
+    assert response.status_code == 200
+    return response.json()
+
+
+def _wait_terminal(api: Any, run_id: str, worker: WorkerProcess, timeout: float = 300) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        data = _run(api, run_id)
+        return data if data["status"] in TERMINAL else None
+
+    return wait_for(done, timeout, f"run {run_id} to finish", worker)  # type: ignore[return-value]
+
+
+def _ppl(run: dict[str, Any]) -> dict[int, float]:
+    return {m["context_length"]: m["value"] for m in run["measurements"] if m["metric"] == "perplexity"}
+
+
+def test_baseline_degrades_past_its_context_and_yarn_recovers(api: Any, celery_worker: WorkerProcess) -> None:
+    experiment = _submit(api, [{"family": "none", "params": {}}, {"family": "yarn", "params": {"factor": 4}}])
+    runs = {r["method"]["family"]: _wait_terminal(api, r["id"], celery_worker) for r in experiment["runs"]}
+    assert {r["status"] for r in runs.values()} == {"succeeded"}, runs
+    base, yarn = _ppl(runs["none"]), _ppl(runs["yarn"])
+    assert set(base) == set(yarn) == {256, 1024}
+    # The shape every context-extension paper shows: extrapolation past 256 hurts, YaRN ×4 helps.
+    assert base[1024] > base[256]
+    assert yarn[1024] < base[1024]
+    for run in runs.values():
+        assert run["progress"] == 1.0 and run["worker"] and run["started_at"] and run["finished_at"]
+        assert any("ppl@1024" in line for line in run["log"])
+        ppl_rows = [m for m in run["measurements"] if m["metric"] == "perplexity"]
+        assert all(m["ci_low"] <= m["value"] <= m["ci_high"] and m["samples"] == 8 for m in ppl_rows)
+
+    client, auth = api
+    exported = client.get(f"/api/v1/experiments/{experiment['id']}/measurements.csv", **auth)
+    rows = list(csv.DictReader(io.StringIO(b"".join(exported.streaming_content).decode())))
+    ppl_rows = [r for r in rows if r["metric"] == "perplexity"]
+    assert len(ppl_rows) == 4
+    assert {float(r["value"]) for r in ppl_rows} == pytest.approx(set(base.values()) | set(yarn.values()))
+
+
+def test_a_duplicate_delivery_runs_nothing_twice(api: Any, celery_worker: WorkerProcess) -> None:
+    experiment = _submit(api, [{"family": "pi", "params": {}}], eval_lengths=[256, 512], eval_documents=2)
+    run_id = experiment["runs"][0]["id"]
+    services.enqueue_run(run_id)  # the broker delivers the same task id a second time
+    run = _wait_terminal(api, run_id, celery_worker)
+    assert run["status"] == "succeeded"
+    time.sleep(3)  # give the duplicate time to be consumed (and to find nothing to claim)
+    run = _run(api, run_id)
+    assert len(_ppl(run)) == 2 and len([m for m in run["measurements"] if m["metric"] == "perplexity"]) == 2
+    assert sum("loading" in line for line in run["log"]) == 1
+
+
+def test_cancel_stops_a_running_run(api: Any, celery_worker: WorkerProcess) -> None:
+    # Dynamic NTK is evaluated one length at a time: many windows, so there is time to cancel.
+    experiment = _submit(api, [{"family": "dynamic_ntk", "params": {}}], target_length=2048,
+                         eval_lengths=[256, 512, 1024, 2048], eval_documents=30)
+    run_id = experiment["runs"][0]["id"]
+    wait_for(lambda: _run(api, run_id)["status"] == "running", 120, "the run to start", celery_worker, 0.2)
+    client, auth = api
+    response = client.post(f"/api/v1/runs/{run_id}/cancel/", **auth)
+    assert response.status_code == 200 and response.json()["cancel_requested"]
+    run = _wait_terminal(api, run_id, celery_worker, timeout=120)
+    assert run["status"] == "cancelled", run
+    assert run["progress"] < 1.0
+
+
+def test_a_failing_run_fails_alone_with_its_error_shown(api: Any, celery_worker: WorkerProcess) -> None:
+    experiment = _submit(api, [{"family": "none", "params": {}}, {"family": "pi", "params": {}}],
+                         eval_lengths=[256, 512], eval_documents=2)
+    pi_run = Run.objects.get(uuid=next(r["id"] for r in experiment["runs"] if r["method"]["family"] == "pi"))
+    # Corrupt one run's method behind the form's back, as a bad migration or a hand edit might.
+    Method.objects.filter(pk=pi_run.method_id).update(params={"factor": "not a number"})
+    results = {r["method"]["family"]: _wait_terminal(api, r["id"], celery_worker) for r in experiment["runs"]}
+    assert results["pi"]["status"] == "failed"
+    assert "Factor must be a number" in results["pi"]["error"]
+    assert results["none"]["status"] == "succeeded" and len(_ppl(results["none"])) == 2
+    client, _ = api
+    client.login(username="demo", password="demo")
+    page = client.get(f"/experiments/{experiment['id']}/")
+    assert b"Factor must be a number" in page.content
+
+
+def test_a_killed_worker_leaves_a_failed_run_not_a_running_one(
+    api: Any, worker_factory: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dedicated worker on its own queue takes this run, so killing it spares the shared one.
+    doomed = worker_factory(queues="doomed", extra_env={"CONTEXTLAB_HEARTBEAT_INTERVAL": "1"})
+    from experiments.tasks import execute_run
+
+    monkeypatch.setattr(
+        services, "enqueue_run",
+        lambda run_id: execute_run.apply_async(args=[run_id], task_id=run_id, queue="doomed"),
+    )
+    experiment = _submit(api, [{"family": "dynamic_ntk", "params": {}}], target_length=2048,
+                         eval_lengths=[256, 512, 1024, 2048], eval_documents=30)
+    run_id = experiment["runs"][0]["id"]
+    wait_for(lambda: _run(api, run_id)["status"] == "running", 120, "the run to start", doomed, 0.2)
+    doomed.kill()
+    assert _run(api, run_id)["status"] == "running"
+
+    settings.CONTEXTLAB_HEARTBEAT_TIMEOUT = 2
+    time.sleep(3)
+    assert services.sweep_stale_runs() == 1
+    run = _run(api, run_id)
+    assert run["status"] == "failed" and "worker lost" in run["error"]
+    assert services.sweep_stale_runs() == 0  # already failed: nothing left to sweep

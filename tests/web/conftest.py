@@ -1,0 +1,167 @@
+"""Fixtures for the web tests: a tiny model config, small data, a team with four kinds of people.
+
+Nothing here loads weights or reaches a broker: model sources are config-only directories (plus the
+demo tokenizer, which the dataset-length check needs), and the run task's ``apply_async`` is mocked
+for every test.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.test import Client
+
+from experiments.models import BaseModel, Dataset, Experiment, Membership, Team
+from gpu_workers.demo import DEMO_MODEL_DIR
+from tests.web.factories import login, make_experiment, make_user
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+WORDS = (
+    "rotary position embedding context window interpolation frequency attention token sequence model layer head "
+    "the a of and to in is that for it as with was on be by this are from at or an which have not"
+).split()
+
+
+def _tokenizer_source() -> Path:
+    for candidate in (DEMO_MODEL_DIR, Path("/tmp/demo_smoke")):
+        if (candidate / "tokenizer.json").exists():
+            return candidate
+    pytest.skip("no demo tokenizer: build gpu_workers/demo/model first")
+    raise AssertionError  # unreachable
+
+
+def _model_dir(root: Path, config: dict[str, Any]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps(config))
+    source = _tokenizer_source()
+    for name in TOKENIZER_FILES:
+        if (source / name).exists():
+            shutil.copy(source / name, root / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config-only Llama with RoPE and an original context of 256 tokens."""
+    return _model_dir(tmp_path_factory.mktemp("models") / "tiny-llama", {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128, "head_dim": 32,
+        "intermediate_size": 320, "num_attention_heads": 4, "num_key_value_heads": 4, "num_hidden_layers": 2,
+        "max_position_embeddings": 256, "vocab_size": 4096, "bos_token_id": 0, "eos_token_id": 0,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+    })
+
+
+@pytest.fixture(scope="session")
+def norope_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GPT-2-style config: learned absolute positions, no RoPE."""
+    return _model_dir(tmp_path_factory.mktemp("models") / "tiny-gpt2", {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": 256, "n_embd": 128,
+        "n_head": 4, "n_layer": 2, "vocab_size": 4096, "bos_token_id": 0, "eos_token_id": 0,
+    })
+
+
+@pytest.fixture(scope="session")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 long documents (well over 1024 tokens) and 4 short ones, from two sources."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "docs.jsonl"
+    with path.open("w") as handle:
+        for i in range(14):
+            words = 1500 if i < 10 else 40
+            text = " ".join(rng.choice(WORDS) for _ in range(words))
+            handle.write(json.dumps({"text": text, "source": "prose" if i % 2 else "code"}) + "\n")
+    return path
+
+
+# --- people ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def team(db: None) -> Team:
+    return Team.objects.create(name="Lab")
+
+
+@pytest.fixture
+def other_team(db: None) -> Team:
+    return Team.objects.create(name="Elsewhere")
+
+
+@pytest.fixture
+def owner(team: Team) -> Any:
+    user = make_user("owner")
+    Membership.objects.create(user=user, team=team, role=Membership.Role.ADMIN)
+    return user
+
+
+@pytest.fixture
+def teammate(team: Team) -> Any:
+    user = make_user("teammate")
+    Membership.objects.create(user=user, team=team, role=Membership.Role.MEMBER)
+    return user
+
+
+@pytest.fixture
+def viewer(team: Team) -> Any:
+    user = make_user("viewer")
+    Membership.objects.create(user=user, team=team, role=Membership.Role.VIEWER)
+    return user
+
+
+@pytest.fixture
+def outsider(other_team: Team) -> Any:
+    user = make_user("outsider")
+    Membership.objects.create(user=user, team=other_team, role=Membership.Role.ADMIN)
+    return user
+
+
+@pytest.fixture
+def as_user() -> Callable[..., Client]:
+    return login
+
+
+# --- catalogue ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def base_model(db: None, model_dir: Path) -> BaseModel:
+    from gpu_workers.model_facts import inspect_model
+
+    model = BaseModel(team=None, name="Tiny Llama", source=str(model_dir))
+    model.apply_facts(inspect_model(str(model_dir)).to_json())
+    model.save()
+    return model
+
+
+@pytest.fixture
+def norope_model(db: None, norope_dir: Path) -> BaseModel:
+    from gpu_workers.model_facts import inspect_model
+
+    model = BaseModel(team=None, name="Tiny GPT-2", source=str(norope_dir))
+    model.apply_facts(inspect_model(str(norope_dir)).to_json())
+    model.save()
+    return model
+
+
+@pytest.fixture
+def dataset(team: Team, data_file: Path) -> Dataset:
+    return Dataset.objects.create(team=team, name="Small docs", kind="local", path=str(data_file),
+                                  facts={"documents": 14})
+
+
+@pytest.fixture(autouse=True)
+def no_broker() -> Any:
+    """Never talk to a broker from these tests; tests that care inspect this mock."""
+    with mock.patch("experiments.tasks.execute_run.apply_async") as apply_async:
+        yield apply_async
+
+
+@pytest.fixture
+def experiment(team: Team, owner: Any, base_model: BaseModel, dataset: Dataset) -> Experiment:
+    return make_experiment(team, owner, base_model, dataset, runs=2, name="Zebra question")

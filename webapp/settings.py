@@ -185,13 +185,14 @@ BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # The file transport needs its folders before the first message; a dev box needs no Redis.
-    for folder in ("queue", "processed"):
+    # Processed messages are not kept: a dev box would otherwise grow var/broker forever.
+    for folder in ("queue", "control"):
         (BROKER_DIR / folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
-        "processed_folder": str(BROKER_DIR / "processed"),
-        "store_processed": True,
+        "control_folder": str(BROKER_DIR / "control"),
+        "store_processed": False,
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}

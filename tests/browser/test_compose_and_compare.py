@@ -1,0 +1,65 @@
+"""A researcher composes an experiment in a real browser and reads the comparison chart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from playwright.sync_api import expect
+
+from experiments.models import Experiment
+from tests.integration.conftest import ARTIFACTS
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def test_compose_run_and_see_the_chart(page: Any, live_server: Any, celery_worker: Any, demo_assets: Any) -> None:
+    call_command("seed_demo", verbosity=0)
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", "demo")
+    page.fill("input[name=password]", "demo")
+    page.click("button[type=submit]")
+    page.goto(f"{live_server.url}/experiments/new/")
+
+    rows = page.locator("[data-row]")
+    expect(rows).to_have_count(4)
+    # Each row shows only its own family's parameters.
+    pi_row = rows.nth(1)
+    expect(pi_row.locator("[data-family=pi]")).to_be_visible()
+    expect(pi_row.locator("[data-family=yarn]")).to_be_hidden()
+    pi_row.locator("select").select_option("yarn")
+    expect(pi_row.locator("[data-family=yarn]")).to_be_visible()
+    expect(pi_row.locator("[data-family=pi]")).to_be_hidden()
+    pi_row.locator("select").select_option("pi")
+
+    page.fill("input[name$=name]", "Browser comparison")
+    page.fill("input[name$=target_length]", "1024")
+    page.fill("input[name$=eval_lengths]", "256, 1024")
+    page.fill("input[name$=eval_documents]", "4")
+    # A factor of 1 is not an extension: the form says so next to the field and saves nothing.
+    pi_row.locator("[data-family=pi] input").first.fill("1")
+    page.click("button[type=submit]")
+    error = page.locator("[data-row]").nth(1).locator(".error")
+    expect(error.first).to_contain_text("greater than 1")
+    assert Experiment.objects.count() == 0
+    expect(page.locator("input[name$=target_length]")).to_have_value("1024")  # what was typed is kept
+
+    page.locator("[data-row]").nth(1).locator("[data-family=pi] input").first.fill("4")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/experiments/*/")
+    assert Experiment.objects.count() == 1
+
+    runs = page.locator("#runs tbody tr")
+    expect(runs).to_have_count(4)
+    badges = page.locator("#runs [data-role=status]")
+    for i in range(4):  # the page polls: badges change in place, no reload
+        expect(badges.nth(i)).to_have_text("Succeeded", timeout=240_000)
+    chart = page.locator("#ppl-chart")
+    expect(chart.locator(".scatterlayer .trace")).to_have_count(4, timeout=30_000)
+    traces = page.evaluate("() => document.getElementById('ppl-chart').data.map(t => [t.name, t.x])")
+    assert len(traces) == 4 and all(list(x) == [256, 1024] for _, x in traces)
+    shapes = page.evaluate("() => (document.getElementById('ppl-chart').layout.shapes || []).map(s => s.x0)")
+    assert 256 in shapes, "the original context length is marked on the chart"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "experiment-page.png"), full_page=True)

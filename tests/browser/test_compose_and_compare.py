@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -26,27 +27,28 @@ def test_compose_run_and_see_the_chart(page: Any, live_server: Any, celery_worke
     expect(rows).to_have_count(4)
     # Each row shows only its own family's parameters.
     pi_row = rows.nth(1)
-    expect(pi_row.locator("[data-family=pi]")).to_be_visible()
-    expect(pi_row.locator("[data-family=yarn]")).to_be_hidden()
+    expect(pi_row.locator("div.family-params[data-family=pi]")).to_be_visible()
+    expect(pi_row.locator("div.family-params[data-family=yarn]")).to_be_hidden()
     pi_row.locator("select").select_option("yarn")
-    expect(pi_row.locator("[data-family=yarn]")).to_be_visible()
-    expect(pi_row.locator("[data-family=pi]")).to_be_hidden()
+    expect(pi_row.locator("div.family-params[data-family=yarn]")).to_be_visible()
+    expect(pi_row.locator("div.family-params[data-family=pi]")).to_be_hidden()
     pi_row.locator("select").select_option("pi")
 
     page.fill("input[name$=name]", "Browser comparison")
     page.fill("input[name$=target_length]", "1024")
     page.fill("input[name$=eval_lengths]", "256, 1024")
     page.fill("input[name$=eval_documents]", "4")
+    submit = page.locator("#composer button[type=submit]")
     # A factor of 1 is not an extension: the form says so next to the field and saves nothing.
-    pi_row.locator("[data-family=pi] input").first.fill("1")
-    page.click("button[type=submit]")
+    pi_row.locator("div.family-params[data-family=pi] input").first.fill("1")
+    submit.click()
     error = page.locator("[data-row]").nth(1).locator(".error")
     expect(error.first).to_contain_text("greater than 1")
     assert Experiment.objects.count() == 0
     expect(page.locator("input[name$=target_length]")).to_have_value("1024")  # what was typed is kept
 
-    page.locator("[data-row]").nth(1).locator("[data-family=pi] input").first.fill("4")
-    page.click("button[type=submit]")
+    page.locator("[data-row]").nth(1).locator("div.family-params[data-family=pi] input").first.fill("4")
+    submit.click()
     page.wait_for_url("**/experiments/*/")
     assert Experiment.objects.count() == 1
 
@@ -55,6 +57,7 @@ def test_compose_run_and_see_the_chart(page: Any, live_server: Any, celery_worke
     badges = page.locator("#runs [data-role=status]")
     for i in range(4):  # the page polls: badges change in place, no reload
         expect(badges.nth(i)).to_have_text("Succeeded", timeout=240_000)
+        expect(page.locator("#runs [data-role=bar]").nth(i)).to_have_attribute("style", re.compile(r"width: 100%"))
     chart = page.locator("#ppl-chart")
     expect(chart.locator(".scatterlayer .trace")).to_have_count(4, timeout=30_000)
     traces = page.evaluate("() => document.getElementById('ppl-chart').data.map(t => [t.name, t.x])")

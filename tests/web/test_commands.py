@@ -45,3 +45,11 @@ def test_seed_demo_without_the_model_still_seeds_the_rest(db: None, tmp_path: Pa
     call_command("seed_demo", "--model-source", str(tmp_path / "not-built"), stdout=io.StringIO(), stderr=err)
     assert "demo model not registered" in err.getvalue()
     assert BaseModel.objects.count() == 0 and Method.objects.count() == 5 and Dataset.objects.count() == 1
+
+
+def test_seed_demo_for_production_creates_no_login(db: None, model_dir: Path) -> None:
+    out = io.StringIO()
+    call_command("seed_demo", "--model-source", str(model_dir), "--no-user", stdout=out, stderr=io.StringIO())
+    assert "no demo login created" in out.getvalue()
+    assert authenticate(username="demo", password="demo") is None
+    assert BaseModel.objects.count() == 1 and Method.objects.count() == 5

@@ -37,16 +37,22 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--model-source", default=str(DEMO_MODEL_DIR),
                             help="The demo model directory (default: the shipped one).")
+        parser.add_argument("--no-user", action="store_true",
+                            help="Skip the demo/demo login (production: create users with createsuperuser).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         with transaction.atomic():
             team, _ = Team.objects.get_or_create(name=TEAM)
-            user = self._user()
-            Membership.objects.update_or_create(user=user, team=team, defaults={"role": Membership.Role.ADMIN})
+            if not options["no_user"]:
+                user = self._user()
+                Membership.objects.update_or_create(user=user, team=team, defaults={"role": Membership.Role.ADMIN})
         model = self._model(options["model_source"])
         self._dataset()
         self._methods(model.rope_facts() if model else GENERIC_ROPE)
-        self.stdout.write(self.style.SUCCESS(f"Demo ready: log in as username '{USERNAME}', password '{PASSWORD}'."))
+        login = f"log in as username '{USERNAME}', password '{PASSWORD}'"
+        if options["no_user"]:
+            login = "no demo login created"
+        self.stdout.write(self.style.SUCCESS(f"Demo ready: {login}."))
 
     def _user(self) -> Any:
         User = get_user_model()

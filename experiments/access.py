@@ -91,3 +91,11 @@ def run_for(user: User, run_uuid: object) -> Run:
     if run is None:
         raise Http404("No such run.")
     return run
+
+
+def method_for(user: User, method_id: object) -> Method:
+    """A shared method or one of the user's teams' methods; anything else is 404."""
+    method = visible_methods(user).filter(pk=method_id).first()
+    if method is None:
+        raise Http404("No such method.")
+    return method

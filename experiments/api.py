@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 
-from experiments import csv_export, leaderboard, selectors, services
+from experiments import checkpoints, csv_export, leaderboard, selectors, services
 from experiments.access import (
     can_submit,
     experiment_for,
@@ -215,6 +215,8 @@ def _run_json(run: Run) -> dict[str, Any]:
     data = selectors.run_payload(run, log_lines=None)
     data["experiment"] = str(run.experiment.uuid)
     data["measurements"] = [selectors.measurement_payload(m) for m in run.measurements.order_by("id")]
+    exported = selectors.checkpoint_artifact(run) is not None
+    data["checkpoint"] = reverse("api_run_export_zip", kwargs={"run_id": run.uuid}) if exported else None
     return data
 
 
@@ -231,6 +233,27 @@ def run_cancel(request: HttpRequest, run_id: str) -> JsonResponse:
 @api_view("POST")
 def run_retry(request: HttpRequest, run_id: str) -> JsonResponse:
     return JsonResponse(_run_json(services.retry_run(request.user, run_for(request.user, run_id))))
+
+
+@api_view("POST")
+def run_export(request: HttpRequest, run_id: str) -> JsonResponse:
+    """Export a succeeded run's checkpoint (members only): 201 with the download URL, 409 if it cannot be."""
+    found = run_for(request.user, run_id)
+    try:
+        artifact = services.export_checkpoint(request.user, found)
+    except services.ExportRefused as exc:
+        return JsonResponse({"detail": str(exc)}, status=409)
+    return JsonResponse({
+        "run": str(found.uuid),
+        "artifact": {"kind": artifact.kind, "created": artifact.created.isoformat()},
+        "download": reverse("api_run_export_zip", kwargs={"run_id": found.uuid}),
+    }, status=201)
+
+
+@api_view("GET")
+def run_export_zip(request: HttpRequest, run_id: str) -> HttpResponse:
+    found = run_for(request.user, run_id)
+    return checkpoints.download(found, selectors.checkpoint_artifact(found))
 
 
 @api_view("GET")

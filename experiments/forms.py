@@ -422,3 +422,28 @@ class Composer:
             for key, messages in row.errors_by_param().items():
                 out[f"methods.{i}" if key == "__all__" else f"methods.{i}.{key}"] = messages
         return out
+
+
+# --- the method page's chart ----------------------------------------------------------------------------
+
+
+class ScalingChartForm(forms.Form):
+    """Which base model and target length the method page draws its per-dimension scaling for (a GET form)."""
+
+    base_model = ModelChoice(queryset=BaseModel.objects.none(), empty_label=None)
+    target_length = forms.IntegerField(min_value=MIN_EVAL_LENGTH, max_value=MAX_EVAL_LENGTH,
+                                       help_text="Length-dependent families are drawn at this input length.")
+
+    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["base_model"].queryset = visible_base_models(user)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        base, target = data.get("base_model"), data.get("target_length")
+        if base is not None and target is not None and target < base.original_context:
+            self.add_error(
+                "target_length",
+                f"Target length must be at least the model's original context of {base.original_context} tokens.",
+            )
+        return data

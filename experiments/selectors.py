@@ -11,10 +11,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Avg, Count, Max, Min, Prefetch, Q, QuerySet
+from django.db.models import Avg, Count, Exists, Max, Min, OuterRef, Prefetch, Q, QuerySet
 
-from experiments.access import visible_experiments
-from experiments.models import BaseModel, Experiment, Measurement, Method, Run, Team
+from experiments.access import visible_base_models, visible_experiments
+from experiments.checkpoints import CHECKPOINT
+from experiments.models import Artifact, BaseModel, Experiment, Measurement, Method, Run, Team
 
 Point = tuple[int, float, float | None, float | None]
 """(context length, value, ci_low, ci_high)"""
@@ -44,9 +45,10 @@ class ExperimentDetail:
 
 
 def experiment_detail(experiment: Experiment) -> ExperimentDetail:
-    """Runs with their methods and measurements (``run.measurement_list``): two queries."""
+    """Runs with their methods, measurements (``run.measurement_list``) and ``run.has_checkpoint``: two queries."""
     runs = list(
         experiment.runs.select_related("method")
+        .annotate(has_checkpoint=Exists(Artifact.objects.filter(run=OuterRef("pk"), kind=CHECKPOINT)))
         .prefetch_related(Prefetch("measurements", queryset=Measurement.objects.order_by("metric", "context_length",
                                                                                            "id"),
                                    to_attr="measurement_list"))
@@ -75,6 +77,47 @@ def comparison_series(experiment: Experiment, metric: str = "perplexity") -> dic
     for name, length, value, low, high in rows:
         series.setdefault(name, []).append((length, value, low, high))
     return series
+
+
+def checkpoint_artifact(run: Run) -> Artifact | None:
+    """The run's exported checkpoint, newest first: one query."""
+    return Artifact.objects.filter(run=run, kind=CHECKPOINT).order_by("-id").first()
+
+
+@dataclass
+class ScalingChoice:
+    """Which model and length a method's scaling chart is drawn for when the visitor has not chosen."""
+
+    base_model: BaseModel | None
+    target_length: int | None
+    experiment: Experiment | None = None
+    """The visitor's latest experiment that used the method, if any: its model and target come first."""
+
+
+def scaling_defaults(user: Any, method: Method) -> ScalingChoice:
+    """The latest visible experiment with this method, else the first visible model with RoPE: 1–2 queries."""
+    experiment = (
+        visible_experiments(user).filter(runs__method=method).select_related("base_model").order_by("-created")
+        .first()
+    )
+    if experiment is not None:
+        return ScalingChoice(experiment.base_model, experiment.target_length, experiment)
+    model = visible_base_models(user).filter(has_rope=True).order_by("name", "id").first()
+    if model is None:
+        return ScalingChoice(None, None)
+    return ScalingChoice(model, default_target_length(method, model))
+
+
+def default_target_length(method: Method, model: BaseModel) -> int:
+    """A length the method means on *model*: its factor × the original context, its extrapolation length, or 4×."""
+    original = max(model.original_context, 1)
+    factor = method.params.get("factor")
+    if isinstance(factor, int | float) and factor > 1:
+        return max(original, round(original * factor))
+    length = method.params.get("extrapolation_length")
+    if isinstance(length, int) and length > original:
+        return length
+    return 4 * original
 
 
 def run_payload(run: Run, log_lines: int | None = STATUS_LOG_LINES) -> dict[str, Any]:

@@ -6,7 +6,8 @@ a worker the sweeper gave up on, and a retry racing an old message all find noth
 
 Retry policy: a failed or cancelled run is retried **in place** as a new attempt: the same Run
 row (one row per method in an experiment) gets a fresh ``uuid`` (the new Celery task id),
-``attempt + 1``, cleared progress/log/error, and its previous measurements and artifacts are deleted.
+``attempt + 1``, cleared progress/log/error, and its previous measurements and artifacts are deleted
+(an exported checkpoint's folder too, once the retry commits).
 The old attempt's uuid then matches no row, so anything still carrying it is ignored.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 import traceback
 import uuid
 from collections.abc import Iterable
@@ -25,6 +27,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from experiments import checkpoints
 from experiments.access import require_submit
 from experiments.method_labels import method_label
 from experiments.models import (
@@ -261,6 +264,8 @@ def retry_run(user: Any, run: Run) -> Run:
         if retried:
             Measurement.objects.filter(run_id=run.pk).delete()
             Artifact.objects.filter(run_id=run.pk).delete()
+            old_export = checkpoints.export_dir(run.uuid)
+            transaction.on_commit(lambda: shutil.rmtree(old_export, ignore_errors=True))
             _enqueue_on_commit(new_uuid)
     run.refresh_from_db()
     return run
@@ -282,6 +287,52 @@ def sweep_stale_runs(now: datetime | None = None) -> int:
     if swept:
         logger.warning("swept %d run(s) whose worker stopped sending heartbeats", swept)
     return swept
+
+
+# --- exporting checkpoints ---------------------------------------------------------------------------
+
+
+class ExportRefused(Exception):
+    """A checkpoint export that cannot happen; the message says why (the page shows it, the API answers 409)."""
+
+
+def export_checkpoint(user: Any, run: Run) -> Artifact:
+    """Save a succeeded run's model, with its method applied, as a plain transformers checkpoint.
+
+    The folder is ``<CONTEXTLAB_DATA_DIR>/exports/<run uuid>/`` (``gpu_workers.export.export_checkpoint``
+    writes it: ``AutoModelForCausalLM.from_pretrained`` opens it with no Context Lab code), recorded as the
+    run's one ``Artifact(kind="checkpoint")``; exporting again replaces both. It is written to a staging
+    folder first and renamed into place, so a download never sees half a checkpoint.
+
+    This runs synchronously, in the web request: the tiny demo model exports in about a second. Large models
+    need the weights loaded and written again, which belongs on a worker — a later change will send this
+    to the ``gpu`` queue as a task that reports the artifact, and keep this function as its body.
+    """
+    require_submit(user, run.experiment.team)
+    if run.status != Status.SUCCEEDED:
+        raise ExportRefused(f"Only a succeeded run can be exported; this one is {run.get_status_display().lower()}.")
+    from gpu_workers.export import export_checkpoint as write_checkpoint  # imports torch: only when exporting
+
+    experiment = Experiment.objects.select_related("base_model").get(pk=run.experiment_id)
+    target = checkpoints.export_dir(run.uuid)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{secrets.token_hex(4)}.partial"
+    method = MethodSpec(family=run.method.family, params=dict(run.method.params))
+    try:
+        write_checkpoint(experiment.base_model.source, method, experiment.target_length, staging)
+    except Exception as exc:  # any loading or writing error is this export's failure, shown to the user
+        logger.exception("exporting run %s failed", run.uuid)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportRefused(f"Export failed: {type(exc).__name__}: {exc}") from exc
+    with transaction.atomic():
+        current = Run.objects.select_for_update().filter(pk=run.pk, uuid=run.uuid, status=Status.SUCCEEDED).first()
+        if current is None:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ExportRefused("The run was retried while it was being exported; export the new attempt.")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        Artifact.objects.filter(run=current, kind=checkpoints.CHECKPOINT).delete()
+        return Artifact.objects.create(run=current, kind=checkpoints.CHECKPOINT, path=str(target))
 
 
 # --- catalogue -----------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ change state are POST-only; viewers may look but get 403 on anything that writes
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -13,10 +15,11 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from experiments import csv_export, leaderboard, selectors, services
+from experiments import checkpoints, csv_export, leaderboard, rope_charts, selectors, services
 from experiments.access import (
     can_submit,
     experiment_for,
+    method_for,
     run_for,
     submit_teams_of,
     teams_of,
@@ -24,7 +27,7 @@ from experiments.access import (
     visible_datasets,
     visible_methods,
 )
-from experiments.forms import BaseModelForm, Composer, DatasetForm
+from experiments.forms import BaseModelForm, Composer, DatasetForm, ScalingChartForm
 from experiments.models import ApiToken
 from gpu_workers.methods import FAMILIES
 
@@ -64,11 +67,19 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
 def experiment_detail(request: HttpRequest, experiment_id: str) -> HttpResponse:
     experiment = experiment_for(request.user, experiment_id)
     detail = selectors.experiment_detail(experiment)
+    base, target = experiment.base_model, experiment.target_length
+    limits = rope_charts.scaling_limits(detail.runs, base, target)
     return render(request, "experiments/experiment_detail.html", {
         "experiment": experiment,
         "detail": detail,
         "can_submit": can_submit(request.user, experiment.team),
-        "chart": {"series": detail.series, "original_context": experiment.base_model.original_context},
+        "chart": {
+            "series": detail.series,
+            "original_context": base.original_context,
+            "limits": [asdict(limit) for limit in limits if limit.length is not None],
+        },
+        "limits": limits,
+        "scaling_compare": rope_charts.compare_chart(detail.runs, base, target),
         "status_url_active": any(run.is_active for run in detail.runs),
     })
 
@@ -107,6 +118,28 @@ def run_retry(request: HttpRequest, run_id: str) -> HttpResponse:
     run = services.retry_run(request.user, run_for(request.user, run_id))
     messages.info(request, f"{run.method.name}: attempt {run.attempt} is {run.status}.")
     return redirect("experiment_detail", experiment_id=run.experiment.uuid)
+
+
+@login_required
+@require_POST
+def run_export(request: HttpRequest, run_id: str) -> HttpResponse:
+    """Export a succeeded run's checkpoint (members only); see ``services.export_checkpoint``."""
+    run = run_for(request.user, run_id)
+    try:
+        services.export_checkpoint(request.user, run)
+    except services.ExportRefused as exc:
+        messages.error(request, f"{run.method.name}: {exc}")
+    else:
+        messages.success(request, f"{run.method.name}: checkpoint exported; download it from the run's row.")
+    return redirect("experiment_detail", experiment_id=run.experiment.uuid)
+
+
+@login_required
+@require_GET
+def run_export_zip(request: HttpRequest, run_id: str) -> StreamingHttpResponse:
+    """The exported checkpoint as a zip; anyone in the team may download it."""
+    run = run_for(request.user, run_id)
+    return checkpoints.download(run, selectors.checkpoint_artifact(run))
 
 
 # --- catalogue ------------------------------------------------------------------------------------------
@@ -162,6 +195,36 @@ def method_list(request: HttpRequest) -> HttpResponse:
     return render(request, "experiments/method_list.html", {
         "methods": visible_methods(request.user),
         "families": list(FAMILIES.values()),
+    })
+
+
+@login_required
+@require_GET
+def method_detail(request: HttpRequest, method_id: int) -> HttpResponse:
+    """One method's per-dimension scaling, drawn for a base model and target length the visitor picks.
+
+    Without a choice: the model and target of the visitor's latest experiment with this method, else the
+    first visible model with RoPE at the method's own factor (see ``selectors.scaling_defaults``).
+    """
+    method = method_for(request.user, method_id)
+    defaults = selectors.scaling_defaults(request.user, method)
+    chosen = "base_model" in request.GET or "target_length" in request.GET
+    form = ScalingChartForm(
+        request.GET if chosen else None, user=request.user,
+        initial={"base_model": defaults.base_model, "target_length": defaults.target_length},
+    )
+    base, target = defaults.base_model, defaults.target_length
+    if chosen:
+        valid = form.is_valid()
+        base, target = (form.cleaned_data["base_model"], form.cleaned_data["target_length"]) if valid else (None, None)
+    return render(request, "experiments/method_detail.html", {
+        "method": method,
+        "family": FAMILIES.get(method.family),
+        "form": form,
+        "defaults": defaults if not chosen else None,
+        "base_model": base,
+        "target_length": target,
+        "chart": rope_charts.method_chart(method, base, target) if base is not None and target else None,
     })
 
 

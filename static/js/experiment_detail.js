@@ -28,20 +28,45 @@
     });
   }
 
+  // Scaling-law limits (T_extra) of fixed-base runs: static per experiment, so they come with the page.
+  var LIMIT_COLOR = "#b45309";
+
+  function limitShapes(limits) {
+    return limits.map(function (limit) {
+      return {
+        type: "line", xref: "x", yref: "paper", x0: limit.length, x1: limit.length, y0: 0, y1: 1,
+        line: { dash: "dash", width: 1.5, color: LIMIT_COLOR }
+      };
+    });
+  }
+
+  function limitLabels(limits) {
+    return limits.map(function (limit) {
+      // Written up the line, just left of it, so labels of nearby limits and the plot edge never collide.
+      return {
+        x: Math.log10(limit.length), xref: "x", yref: "paper", y: 1, yanchor: "top", xanchor: "right",
+        textangle: -90, showarrow: false, bgcolor: "rgba(255,255,255,0.8)",
+        text: limit.name + ": T<sub>extra</sub> ≈ " + Math.round(limit.length).toLocaleString(),
+        font: { size: 11, color: LIMIT_COLOR }
+      };
+    });
+  }
+
   function layout(original) {
+    var limits = chartData.limits || [];
     return {
       margin: { t: 20, r: 20, b: 50, l: 60 },
       xaxis: { title: { text: "context length (tokens)" }, type: "log" },
       yaxis: { title: { text: "perplexity" }, type: "log" },
       legend: { orientation: "h", y: -0.2 },
-      shapes: original ? [{
+      shapes: (original ? [{
         type: "line", xref: "x", yref: "paper", x0: original, x1: original, y0: 0, y1: 1,
         line: { dash: "dot", width: 2, color: "#6b7280" }
-      }] : [],
-      annotations: original ? [{
+      }] : []).concat(limitShapes(limits)),
+      annotations: (original ? [{
         x: Math.log10(original), xref: "x", yref: "paper", y: 1, yanchor: "bottom", showarrow: false,
         text: "original context " + original, font: { size: 11, color: "#6b7280" }
-      }] : []
+      }] : []).concat(limitLabels(limits))
     };
   }
 
@@ -74,6 +99,8 @@
     if (cancel) { cancel.hidden = !run.can_cancel; }
     var retry = row.querySelector("[data-role='retry']");
     if (retry) { retry.hidden = !run.can_retry; }
+    var exportForm = row.querySelector("[data-role='export']");
+    if (exportForm) { exportForm.hidden = run.status !== "succeeded"; }
     return true;
   }
 

@@ -1,8 +1,8 @@
 """Fixtures for the web tests: a tiny model config, small data, a team with four kinds of people.
 
-Nothing here loads weights or reaches a broker: model sources are config-only directories (plus the
-demo tokenizer, which the dataset-length check needs), and the run task's ``apply_async`` is mocked
-for every test.
+Nothing here reaches a broker (the run task's ``apply_async`` is mocked for every test), and model
+sources are config-only directories (plus the demo tokenizer, which the dataset-length check needs),
+except ``weights_dir``: a small random Llama with weights, for the checkpoint export tests.
 """
 
 from __future__ import annotations
@@ -56,6 +56,24 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "max_position_embeddings": 256, "vocab_size": 4096, "bos_token_id": 0, "eos_token_id": 0,
         "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
     })
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random Llama *with weights* (same RoPE facts as ``model_dir``), for tests that load or export it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    # _model_dir brings the demo tokenizer; save_pretrained then writes the real config.json.
+    root = _model_dir(tmp_path_factory.mktemp("models") / "tiny-llama-weights", {})
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=4096, hidden_size=64, head_dim=32, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=0, eos_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(root)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -64,5 +64,12 @@ def test_compose_run_and_see_the_chart(page: Any, live_server: Any, celery_worke
     assert len(traces) == 4 and all(list(x) == [256, 1024] for _, x in traces)
     shapes = page.evaluate("() => (document.getElementById('ppl-chart').layout.shapes || []).map(s => s.x0)")
     assert 256 in shapes, "the original context length is marked on the chart"
+    # Beside the measurements, the theory: how much each RoPE dimension every method stretches.
+    expect(page.locator("#scaling-compare .scatterlayer .trace")).to_have_count(4)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "experiment-page.png"), full_page=True)
+
+    page.goto(f"{live_server.url}/methods/")
+    page.get_by_role("link", name="YaRN ×4").first.click()
+    expect(page.locator("#scaling-chart .scatterlayer .trace").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "method-page.png"), full_page=True)

@@ -146,7 +146,8 @@ def run_phase(model, tokenizer, stream, *, steps: int, peak_lr: float, passkey_s
             finished = done()
             model.train()
             if finished:
-                log.append({"phase": label, "step": step, "stopped": "goal reached"})
+                log.append({"phase": label, "step": step, "stopped": "goal reached",
+                            "seconds": round(time.perf_counter() - started, 1)})
                 print(json.dumps(log[-1]), flush=True)
                 break
     model.eval()
@@ -221,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     passkey_after_retrieval = passkey_accuracy(model, tokenizer)
     log += run_phase(model, tokenizer, stream, steps=args.consolidation_steps, peak_lr=5e-4, passkey_share=0.4,
                      batch=8, seed=args.seed + 3, label="consolidation")
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out)  # weights first: a failure in the reporting below must not lose them
+    tokenizer.save_pretrained(args.out)
     facts = {
         "seed": args.seed, "steps": args.steps, "retrieval_steps": args.retrieval_steps,
         "consolidation_steps": args.consolidation_steps, "batch": args.batch,
@@ -230,14 +234,11 @@ def main(argv: list[str] | None = None) -> None:
         "heldout_ppl_256": round(heldout_perplexity(model, tokenizer, args.corpus), 2),
         "passkey_accuracy_256": passkey_accuracy(model, tokenizer),
         "training_seconds": round(sum(
-            next(e["seconds"] for e in reversed(log) if e["phase"] == phase)
+            next((e["seconds"] for e in reversed(log) if e["phase"] == phase and "seconds" in e), 0.0)
             for phase in ("language", "retrieval", "consolidation")
         ), 1),
     }
     print(json.dumps(facts), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
     (args.out / "build_facts.json").write_text(json.dumps({"facts": facts, "log": log}, indent=1) + "\n")
 
 

@@ -15,7 +15,12 @@ start_services() {
       --dir /var/lib/redis --logfile /var/log/redis/ci.log
   fi
   for _ in $(seq 1 30); do
-    pg_isready -q -h 127.0.0.1 -p 5432 && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return 0
+    if pg_isready -q -h 127.0.0.1 -p 5432 && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+      # The app database itself (pytest creates its own test_ copy; the Django checks read this one).
+      psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='contextlab'" | grep -q 1 \
+        || createdb -h 127.0.0.1 -U postgres contextlab
+      return 0
+    fi
     sleep 1
   done
   echo "PostgreSQL or Redis did not come up" >&2
@@ -45,10 +50,10 @@ DJANGO_DEBUG=0 DJANGO_SECRET_KEY="ci-only-$(printf 'x%.0s' $(seq 1 60))" DJANGO_
   "$PY" manage.py check --deploy --fail-level WARNING
 if command -v docker-compose >/dev/null 2>&1; then
   echo "==> docker-compose config"
-  docker-compose -f docker-compose.yml config -q
+  DJANGO_SECRET_KEY=config-check docker-compose -f docker-compose.yml config -q
 elif docker compose version >/dev/null 2>&1; then
   echo "==> docker compose config"
-  docker compose -f docker-compose.yml config -q
+  DJANGO_SECRET_KEY=config-check docker compose -f docker-compose.yml config -q
 fi
 echo "==> pytest"
 "$VENV/bin/pytest" "$@"

@@ -20,6 +20,7 @@ urlpatterns = [
     path("datasets/new/", views.dataset_new, name="dataset_new"),
     path("methods/", views.method_list, name="method_list"),
     path("methods/<int:method_id>/", views.method_detail, name="method_detail"),
+    path("methods/<int:method_id>/<str:which>_factor.csv", views.method_factors, name="method_factors"),
     path("leaderboard/", views.leaderboard_page, name="leaderboard"),
     path("leaderboard.csv", views.leaderboard_csv, name="leaderboard_csv"),
     path("account/tokens/", views.token_list, name="token_list"),

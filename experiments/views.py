@@ -11,7 +11,7 @@ from dataclasses import asdict
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -30,6 +30,7 @@ from experiments.access import (
 from experiments.forms import BaseModelForm, Composer, DatasetForm, ScalingChartForm
 from experiments.models import ApiToken
 from gpu_workers.methods import FAMILIES
+from gpu_workers.methods.longrope_files import format_factors
 
 
 def _require_some_submit_team(request: HttpRequest) -> None:
@@ -226,6 +227,19 @@ def method_detail(request: HttpRequest, method_id: int) -> HttpResponse:
         "target_length": target,
         "chart": rope_charts.method_chart(method, base, target) if base is not None and target else None,
     })
+
+
+@login_required
+@require_GET
+def method_factors(request: HttpRequest, method_id: int, which: str) -> HttpResponse:
+    """A LongRoPE method's factors in the file format microsoft/LongRoPE's search writes and reads."""
+    method = method_for(request.user, method_id)
+    factors = method.params.get(f"{which}_factor") if method.family == "longrope" else None
+    if which not in ("long", "short") or not factors:
+        raise Http404("This method has no such factors.")
+    response = HttpResponse(format_factors(factors), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="method-{method.pk}-{which}_factor.csv"'
+    return response
 
 
 # --- leaderboard ----------------------------------------------------------------------------------------

@@ -31,10 +31,14 @@ class FactorFileError(ValueError):
     """A factor file that cannot be used; the message says why, in words a user can act on."""
 
 
+def format_factors(factors: Sequence[float]) -> str:
+    """The text ``np.savetxt`` gives LongRoPE's ``result_final.csv``: one ``%.18e`` value a line."""
+    return "".join(f"{float(x):.18e}\n" for x in _checked(list(factors)))
+
+
 def write_factors(path: str | Path, factors: Sequence[float]) -> Path:
-    """Write the format ``np.savetxt`` gives LongRoPE's ``result_final.csv``: one ``%.18e`` value a line."""
     path = Path(path)
-    path.write_text("".join(f"{float(x):.18e}\n" for x in _checked(list(factors))))
+    path.write_text(format_factors(factors))
     return path
 
 

@@ -160,3 +160,7 @@ def with_theta(base: RopeFacts, **fields: Any) -> dict[str, Any]:
         params["partial_rotary_factor"] = base.partial_rotary_factor
     params.update(fields)
     return params
+
+
+FACTOR = Param("factor", "Factor", float, None, "Scale s; blank = target length / original context.", 1.0, True)
+"""The scale s every interpolating family takes; blank derives it from the experiment."""

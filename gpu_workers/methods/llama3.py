@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from gpu_workers.methods.base import (
+    FACTOR,
     Family,
     MethodError,
     Param,
@@ -23,7 +24,7 @@ from gpu_workers.methods.base import (
 )
 
 PARAMS = (
-    Param("factor", "Factor", float, None, "Scale s; blank = target length / original context.", 1.0, True),
+    FACTOR,
     Param(
         "low_freq_factor", "Low-frequency factor", float, 1.0,
         "Wavelengths longer than original context / this are fully interpolated (Llama 3.1: 1).", 0.0, True,

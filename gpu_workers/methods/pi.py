@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpu_workers.methods.base import Family, Param, RopeFacts, RopeSetup, require_factor_above_one, with_theta
+from gpu_workers.methods.base import FACTOR, Family, RopeFacts, RopeSetup, require_factor_above_one, with_theta
 
 PARAMS = (
-    Param("factor", "Factor", float, None, "Scale s; blank = target length / original context.", 1.0, True),
+    FACTOR,
 )
 
 

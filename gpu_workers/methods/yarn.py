@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from gpu_workers.methods.base import (
+    FACTOR,
     Family,
     MethodError,
     Param,
@@ -21,7 +22,7 @@ from gpu_workers.methods.base import (
 )
 
 PARAMS = (
-    Param("factor", "Factor", float, None, "Scale s; blank = target length / original context.", 1.0, True),
+    FACTOR,
     Param(
         "beta_fast", "β fast", float, 32.0, "Rotations above which a dimension is left alone (extrapolated).", 0.0, True
     ),

@@ -8,6 +8,7 @@ would refuse; errors come back as ``{"errors": {field: [messages]}}`` with metho
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -28,9 +29,10 @@ from experiments.access import (
     visible_methods,
 )
 from experiments.api_auth import api_view
-from experiments.forms import MAX_METHOD_ROWS, Composer
+from experiments.forms import MAX_METHOD_ROWS, Composer, EvaluationForm, TrainingForm
 from experiments.models import BaseModel, Dataset, Experiment, Method, Run, Team
 from gpu_workers.methods import FAMILIES
+from gpu_workers.spec import TrainSpec
 
 # --- representations ------------------------------------------------------------------------------------
 
@@ -104,6 +106,64 @@ def _pick(queryset: QuerySet[Any], ref: Any, team: Team | None, what: str) -> tu
     return None, f"Several {what}s are called {ref!r}; give its id."
 
 
+EVALUATION_DEFAULTS: dict[str, Any] = {
+    "suite": ["perplexity"], "protocol": "truncate", "stride": None, "passkey_samples": 20, "passkey_depth": None,
+    "needle_depths": [0, 0.25, 0.5, 0.75, 1], "needle_samples": 2, "needle_format": "passkey",
+    "needle_variant": "single", "needle_count": 4,
+}
+"""What an API body's ``evaluations`` falls back to per key; omitted entirely = perplexity only."""
+
+
+def _evaluation_data(raw: Any, data: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    """``evaluations``: a list of evaluation names, or an object of EvalSpec settings with a ``suite`` list."""
+    if raw is None:
+        raw = {}
+    if isinstance(raw, list):
+        raw = {"suite": raw}
+    if not isinstance(raw, dict):
+        errors["evaluations"] = ["Give evaluations as a list of names or an object of settings with a suite list."]
+        raw = {}
+    unknown = sorted(set(raw) - set(EVALUATION_DEFAULTS))
+    if unknown:
+        errors["evaluations"] = [f"Unknown evaluation settings: {', '.join(unknown)}."]
+    settings = {**EVALUATION_DEFAULTS, **{k: v for k, v in raw.items() if k in EVALUATION_DEFAULTS}}
+    prefix = EvaluationForm.prefix
+    suite = settings["suite"]
+    data[f"{prefix}-suite"] = suite if isinstance(suite, list) else [suite]
+    depths = settings["needle_depths"]
+    data[f"{prefix}-needle_depths"] = ",".join(map(str, depths)) if isinstance(depths, list) else str(depths)
+    for key in ("protocol", "stride", "passkey_samples", "passkey_depth", "needle_samples", "needle_format",
+                "needle_variant", "needle_count"):
+        data[f"{prefix}-{key}"] = "" if settings[key] is None else settings[key]
+
+
+TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainSpec))
+
+
+def _training_data(raw: Any, data: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    """``training``: an object of TrainSpec settings (``mode`` none / finetune / continual_pretrain)."""
+    if raw is None:
+        raw = {"mode": "none"}
+    if not isinstance(raw, dict):
+        errors["training"] = ["Give training as an object of settings, e.g. {\"mode\": \"finetune\", \"steps\": 100}."]
+        raw = {"mode": "none"}
+    unknown = sorted(set(raw) - set(TRAINING_KEYS))
+    if unknown:
+        errors["training"] = [f"Unknown training settings: {', '.join(unknown)}."]
+    settings = {**dataclasses.asdict(TrainSpec()), **{k: v for k, v in raw.items() if k in TRAINING_KEYS}}
+    prefix = TrainingForm.prefix
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            if value:
+                data[f"{prefix}-{key}"] = "on"
+        elif isinstance(value, list | tuple):
+            data[f"{prefix}-{key}"] = ",".join(map(str, value))
+        elif key in ("train_length", "long_threshold") and not value:
+            data[f"{prefix}-{key}"] = ""
+        else:
+            data[f"{prefix}-{key}"] = "" if value is None else value
+
+
 def composer_data(user: Any, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Form data for :class:`Composer` from the API body, plus errors the translation itself found."""
     errors: dict[str, list[str]] = {}
@@ -144,6 +204,9 @@ def composer_data(user: Any, body: dict[str, Any]) -> tuple[dict[str, Any], dict
     else:
         errors["eval_lengths"] = ["Give eval_lengths as a list of whole numbers of tokens."]
         data["eval_lengths"] = ""
+
+    _evaluation_data(body.get("evaluations"), data, errors)
+    _training_data(body.get("training"), data, errors)
 
     methods = body.get("methods")
     if not isinstance(methods, list) or not all(isinstance(m, dict) for m in methods):

@@ -17,10 +17,20 @@ from django.core.exceptions import ValidationError
 
 from experiments.access import submit_teams_of, visible_base_models, visible_datasets
 from experiments.models import BaseModel, Dataset, Team, params_hash
-from gpu_workers.data.documents import DatasetError, count_long_documents, inspect_dataset
+from gpu_workers.data.documents import DatasetError, count_long_documents, count_tokens, inspect_dataset
 from gpu_workers.methods import FAMILIES, Family, MethodError, RopeFacts, validate
 from gpu_workers.model_facts import ModelSourceError, inspect_model
-from gpu_workers.spec import DatasetSpec
+from gpu_workers.spec import (
+    EVALUATIONS,
+    NEEDLE_FORMATS,
+    NEEDLE_VARIANTS,
+    PPL_PROTOCOLS,
+    DatasetSpec,
+    EvalSpec,
+    EvalSpecError,
+    TrainSpec,
+    TrainSpecError,
+)
 
 MIN_EVAL_LENGTH = 16
 MAX_EVAL_LENGTH = 1 << 20
@@ -210,11 +220,17 @@ class ExperimentForm(forms.Form):
             self._check_dataset_length(base, dataset, data)
         return data
 
+    suite: tuple[str, ...] = ("perplexity",)
+    """Set by the composer before validation: which evaluations the dataset must be long enough for."""
+
     def _check_dataset_length(self, base: BaseModel, dataset: Dataset, data: dict[str, Any]) -> None:
         longest = max(data["eval_lengths"])
         needed = data["eval_documents"]
+        needs_documents = any(e in self.suite for e in ("perplexity", "retention"))
+        needs_haystack = any(e in self.suite for e in ("needle", "needle_perplexity"))
         try:
-            found = count_long_documents(dataset.spec(), base.source, longest)
+            found = count_long_documents(dataset.spec(), base.source, longest) if needs_documents else needed
+            tokens = count_tokens(dataset.spec(), base.source) if needs_haystack else longest
         except (DatasetError, ValueError) as exc:
             self.add_error("dataset", f"Could not read {dataset.name}: {exc}")
             return
@@ -227,6 +243,187 @@ class ExperimentForm(forms.Form):
                 f"{dataset.name} has only {found} documents of at least {longest} tokens, but {needed} are needed. "
                 f"Lower the longest evaluation length or the number of documents.",
             )
+        if tokens < longest:
+            self.add_error(
+                "dataset",
+                f"{dataset.name} holds only {tokens} tokens in all, too few for a {longest}-token needle haystack.",
+            )
+
+
+EVALUATION_LABELS = {
+    "perplexity": "Perplexity against length",
+    "passkey": "Passkey retrieval",
+    "needle": "Needle-in-a-haystack grid",
+    "needle_perplexity": "Needle-driven perplexity",
+    "retention": "Short-context retention",
+    "memory": "Memory and time",
+}
+DEFAULT_SUITE = EVALUATIONS
+SPEC_FIELD_TO_FORM = {"lengths": "eval_lengths", "documents": "eval_documents"}
+
+
+def parse_depths(raw: str) -> list[float]:
+    depths = []
+    for part in raw.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            depths.append(float(part.rstrip("%")) / (100 if part.endswith("%") else 1))
+        except ValueError:
+            raise ValidationError(f"“{part}” is not a depth; use fractions such as 0, 0.5, 1 or percentages.") from None
+    if not depths:
+        raise ValidationError("Give at least one depth.")
+    return depths
+
+
+class EvaluationForm(forms.Form):
+    """The evaluation suite: which evaluations every run does, and their settings (checked by ``EvalSpec``)."""
+
+    suite = forms.MultipleChoiceField(
+        choices=[(e, EVALUATION_LABELS[e]) for e in EVALUATIONS], widget=forms.CheckboxSelectMultiple,
+        initial=list(DEFAULT_SUITE), label="Evaluations",
+        error_messages={"required": "Pick at least one evaluation."},
+    )
+    protocol = forms.ChoiceField(
+        choices=[("truncate", "truncate: each document's first L tokens"),
+                 ("sliding", "sliding window: windows of L tokens, moved by the stride")],
+        initial="truncate", label="Perplexity protocol",
+    )
+    stride = forms.IntegerField(required=False, min_value=1, label="Sliding stride",
+                                help_text="Tokens each window moves on; blank = half the original context.")
+    passkey_samples = forms.IntegerField(min_value=1, max_value=1000, initial=20, label="Passkey samples per length")
+    passkey_depth = forms.FloatField(required=False, min_value=0, max_value=1, label="Passkey depth",
+                                     help_text="0 = start, 1 = end; blank = a random depth per sample.")
+    needle_depths = forms.CharField(initial="0, 0.25, 0.5, 0.75, 1", label="Needle depths",
+                                    help_text="Fractions of the haystack, comma-separated.")
+    needle_samples = forms.IntegerField(min_value=1, max_value=100, initial=2, label="Needles per cell")
+    needle_format = forms.ChoiceField(
+        choices=[("passkey", "passkey sentence"), ("magic_number", "magic number (RULER style)")],
+        initial="passkey", label="Needle format",
+    )
+    needle_variant = forms.ChoiceField(
+        choices=[("single", "single needle"), ("multikey", "multi-key (distractor needles)"),
+                 ("multivalue", "multi-value (all values of one key)")],
+        initial="single", label="Needle variant",
+    )
+    needle_count = forms.IntegerField(min_value=2, max_value=16, initial=4, label="Needles (multi-key / value)")
+
+    prefix = "eval"
+
+    def clean_needle_depths(self) -> list[float]:
+        return parse_depths(self.cleaned_data.get("needle_depths") or "")
+
+    def settings(self, original_context: int) -> dict[str, Any]:
+        """The JSON stored on the experiment: EvalSpec's fields except lengths and documents."""
+        data = self.cleaned_data
+        stride = data.get("stride") or max(1, original_context // 2)
+        return {
+            "suite": list(data["suite"]), "protocol": data["protocol"], "stride": stride,
+            "passkey_samples": data["passkey_samples"], "passkey_depth": data.get("passkey_depth"),
+            "needle_depths": data["needle_depths"], "needle_samples": data["needle_samples"],
+            "needle_format": data["needle_format"], "needle_variant": data["needle_variant"],
+            "needle_count": data["needle_count"],
+        }
+
+
+assert set(PPL_PROTOCOLS) == {c for c, _ in EvaluationForm.base_fields["protocol"].choices}
+assert set(NEEDLE_FORMATS) == {c for c, _ in EvaluationForm.base_fields["needle_format"].choices}
+assert set(NEEDLE_VARIANTS) == {c for c, _ in EvaluationForm.base_fields["needle_variant"].choices}
+
+
+TRAINING_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {"label": "No training", "paper": "", "settings": {"mode": "none"}},
+    "pi": {
+        "label": "PI fine-tune",
+        "paper": "Chen et al. 2023: 1000 steps, lr 2e-5, batch 64 (7B) — here 100 steps, batch 4, lr 3e-4",
+        "settings": {"mode": "finetune", "steps": 100, "batch_size": 4, "learning_rate": 3e-4, "warmup_steps": 10,
+                     "data_strategy": "global", "keep_short_p": 1.0, "passkey_fraction": 0.0},
+    },
+    "yarn": {
+        "label": "YaRN fine-tune",
+        "paper": "Peng et al. 2023: 400 steps, lr 2e-5, batch 64 (7B) — here 100 steps, batch 4, lr 3e-4",
+        "settings": {"mode": "finetune", "steps": 100, "batch_size": 4, "learning_rate": 3e-4, "warmup_steps": 10,
+                     "data_strategy": "global", "keep_short_p": 1.0, "passkey_fraction": 0.0},
+    },
+    "longlora": {
+        "label": "LongLoRA", "paper": "Chen et al. 2024: LoRA r=8 + trainable embeddings and norms, S2-Attn with "
+                                      "¼-length groups — here 150 steps, lr 1e-3",
+        "settings": {"mode": "finetune", "steps": 150, "learning_rate": 1e-3, "warmup_steps": 10, "lora": True,
+                     "lora_rank": 8, "lora_alpha": 16, "train_embeddings_and_norms": True, "s2_attn": True,
+                     "s2_group_fraction": 0.25, "data_strategy": "global", "keep_short_p": 1.0},
+    },
+    "data_engineering": {
+        "label": "Continual pretraining, per-source upsampling",
+        "paper": "Fu et al. 2024: per-source length upsampling, long = ≥ 4K tokens, keep ~15% of short ones — here "
+                 "long = the training length, 150 steps",
+        "settings": {"mode": "continual_pretrain", "steps": 150, "learning_rate": 3e-4, "warmup_steps": 10,
+                     "data_strategy": "per_source", "keep_short_p": 0.15},
+    },
+    "longrope2": {
+        "label": "LongRoPE2 mixed context windows",
+        "paper": "Shang et al. 2025: short sequences keep the original RoPE, long ones the rescaled — here 150 steps",
+        "settings": {"mode": "finetune", "steps": 150, "learning_rate": 3e-4, "warmup_steps": 10,
+                     "mixed_windows": True, "short_fraction": 0.5, "data_strategy": "per_source"},
+    },
+}
+"""Recipes from the papers, scaled down for the demo model; choosing one fills the training fields.
+Fine-tuning recipes pack natural documents as they come (global strategy keeping every short document)."""
+
+
+class TrainingForm(forms.Form):
+    """The training recipe every run of the experiment follows (``mode = none`` skips training)."""
+
+    preset = forms.ChoiceField(choices=[(k, v["label"]) for k, v in TRAINING_PRESETS.items()], required=False,
+                               initial="none", label="Recipe", help_text="Fills the fields below; edit freely.")
+    mode = forms.ChoiceField(choices=[("none", "none"), ("finetune", "fine-tune"),
+                                      ("continual_pretrain", "continual pretraining")], initial="none")
+    steps = forms.IntegerField(min_value=1, initial=TrainSpec.steps)
+    learning_rate = forms.FloatField(initial=TrainSpec.learning_rate, label="Learning rate")
+    warmup_steps = forms.IntegerField(min_value=0, initial=TrainSpec.warmup_steps, label="Warm-up steps")
+    batch_size = forms.IntegerField(min_value=1, initial=TrainSpec.batch_size, label="Batch (sequences)")
+    grad_accum = forms.IntegerField(min_value=1, initial=TrainSpec.grad_accum, label="Gradient accumulation")
+    train_length = forms.IntegerField(required=False, min_value=16, label="Training length",
+                                      help_text="Tokens per sequence; blank = the target length.")
+    gradient_checkpointing = forms.BooleanField(required=False, label="Gradient checkpointing")
+    lora = forms.BooleanField(required=False, label="LoRA instead of full fine-tuning")
+    lora_rank = forms.IntegerField(min_value=1, initial=TrainSpec.lora_rank, label="LoRA rank")
+    lora_alpha = forms.IntegerField(min_value=1, initial=TrainSpec.lora_alpha, label="LoRA alpha")
+    train_embeddings_and_norms = forms.BooleanField(required=False, initial=True,
+                                                    label="With LoRA, also train embeddings and norms")
+    s2_attn = forms.BooleanField(required=False, label="S2-Attn while training")
+    s2_group_fraction = forms.FloatField(initial=TrainSpec.s2_group_fraction, label="S2-Attn group (share of length)")
+    mixed_windows = forms.BooleanField(required=False, label="Mixed context windows (LongRoPE2)")
+    short_fraction = forms.FloatField(initial=TrainSpec.short_fraction, label="Short-window share")
+    data_strategy = forms.ChoiceField(
+        choices=[("per_source", "per-source length upsampling"), ("global", "global length upsampling"),
+                 ("upsample_sources", "upsample chosen sources"), ("truncate", "truncate at the original length")],
+        initial="per_source", label="Data strategy",
+    )
+    long_threshold = forms.IntegerField(required=False, min_value=1, label="Long-document threshold",
+                                        help_text="Tokens; blank = the training length.")
+    keep_short_p = forms.FloatField(initial=TrainSpec.keep_short_p, label="Keep short documents with p")
+    upsample_sources = forms.CharField(required=False, label="Sources to upsample", help_text="Comma-separated.")
+    upsample_multiplier = forms.FloatField(initial=TrainSpec.upsample_multiplier, label="Upsampling multiplier")
+    passkey_fraction = forms.FloatField(initial=TrainSpec.passkey_fraction, label="Passkey sequences share",
+                                        help_text="Synthetic retrieval sequences mixed in.")
+    checkpoint_every = forms.IntegerField(min_value=1, initial=TrainSpec.checkpoint_every, label="Checkpoint every")
+    seed = forms.IntegerField(min_value=0, initial=0)
+
+    prefix = "train"
+
+    def clean_upsample_sources(self) -> list[str]:
+        raw = self.cleaned_data.get("upsample_sources") or ""
+        return [part.strip() for part in raw.split(",") if part.strip()]
+
+    def settings(self) -> dict[str, Any]:
+        data = dict(self.cleaned_data)
+        data.pop("preset", None)
+        if data["mode"] == "none":
+            return {"mode": "none"}
+        data["train_length"] = data.get("train_length") or 0
+        data["long_threshold"] = data.get("long_threshold") or 0
+        return data
 
 
 @dataclass
@@ -387,12 +584,22 @@ class Composer:
         self.user = user
         self.context = RowContext()
         self.form = ExperimentForm(data, user=user)
+        self.evaluation = EvaluationForm(data)
+        self.evaluation_settings: dict[str, Any] = {}
+        self.training = TrainingForm(data)
+        self.training_settings: dict[str, Any] = {"mode": "none"}
         initial = [{"family": name} for name in INITIAL_FAMILIES] if data is None else None
         self.methods = MethodFormSet(data, prefix=self.prefix, initial=initial, form_kwargs={"context": self.context})
 
     def is_valid(self) -> bool:
+        evaluation_ok = self.evaluation.is_valid()
+        if evaluation_ok:
+            self.form.suite = tuple(self.evaluation.cleaned_data["suite"])
         form_ok = self.form.is_valid()
         data = self.form.cleaned_data
+        if form_ok and evaluation_ok:
+            evaluation_ok = self._check_evaluation(data)
+        training_ok = self.training.is_valid() and self._check_training()
         base, target = data.get("base_model"), data.get("target_length")
         if base is not None and target is not None:
             self.context.base = base.rope_facts()
@@ -401,17 +608,47 @@ class Composer:
         if methods_ok and self.context.base is None:
             # Rows could not be checked without a model and a target; the form already says why.
             methods_ok = False
-        return form_ok and methods_ok
+        return form_ok and methods_ok and evaluation_ok and training_ok
+
+    def _check_training(self) -> bool:
+        self.training_settings = self.training.settings()
+        try:
+            TrainSpec(**self.training_settings)
+        except TrainSpecError as exc:
+            self.training.add_error(exc.field if exc.field in self.training.fields else None,
+                                    str(exc)[0].upper() + str(exc)[1:] + ".")
+            return False
+        return True
+
+    def _check_evaluation(self, data: dict[str, Any]) -> bool:
+        self.evaluation_settings = self.evaluation.settings(data["base_model"].original_context)
+        try:
+            EvalSpec(lengths=tuple(data["eval_lengths"]), documents=data["eval_documents"],
+                     **{k: tuple(v) if isinstance(v, list) else v for k, v in self.evaluation_settings.items()})
+        except EvalSpecError as exc:
+            message = str(exc)[0].upper() + str(exc)[1:] + "."
+            if exc.field in SPEC_FIELD_TO_FORM:
+                self.form.add_error(SPEC_FIELD_TO_FORM[exc.field], message)
+            else:
+                self.evaluation.add_error(exc.field, message)
+            return False
+        return True
 
     def cleaned(self) -> dict[str, Any]:
         """What ``services.submit_experiment`` takes."""
         data = dict(self.form.cleaned_data)
         data["methods"] = self.methods.methods()
+        data["evaluations"] = self.evaluation_settings
+        data["training"] = self.training_settings
         return data
 
     def errors(self) -> dict[str, list[str]]:
         """Field → messages, method rows as ``methods.<index>.<param>``: the API's 400 body."""
         out: dict[str, list[str]] = {field: list(messages) for field, messages in self.form.errors.items()}
+        for field, messages in self.evaluation.errors.items():
+            out[f"evaluations.{field}"] = list(messages)
+        for field, messages in self.training.errors.items():
+            out[f"training.{field}"] = list(messages)
         if self.methods.is_bound and not self.methods.management_form.is_valid():
             out["methods"] = ["The method rows are missing or malformed."]
             return out
@@ -422,6 +659,32 @@ class Composer:
             for key, messages in row.errors_by_param().items():
                 out[f"methods.{i}" if key == "__all__" else f"methods.{i}.{key}"] = messages
         return out
+
+
+# --- the dataset page's mixture preview -----------------------------------------------------------------
+
+
+class MixturePreviewForm(forms.Form):
+    """GET parameters of the dataset page: which tokenizer and which data strategy to preview."""
+
+    base_model = ModelChoice(queryset=BaseModel.objects.none(), label="Tokenizer of",
+                             help_text="Lengths are counted in this model's tokens; its context sets the defaults.")
+    strategy = forms.ChoiceField(choices=TrainingForm.base_fields["data_strategy"].choices, initial="per_source")
+    threshold = forms.IntegerField(required=False, min_value=1, label="Long-document threshold",
+                                   help_text="Tokens; blank = 4 × the model's original context.")
+    keep_short_p = forms.FloatField(min_value=0, max_value=1, initial=0.15, label="Keep short documents with p")
+    sources = forms.CharField(required=False, label="Sources to upsample", help_text="Comma-separated.")
+    multiplier = forms.FloatField(min_value=0.01, initial=2.0)
+
+    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["base_model"].queryset = visible_base_models(user)
+        first = self.fields["base_model"].queryset.first()
+        if first is not None:
+            self.fields["base_model"].initial = first.pk
+
+    def clean_sources(self) -> list[str]:
+        return [part.strip() for part in (self.cleaned_data.get("sources") or "").split(",") if part.strip()]
 
 
 # --- the method page's chart ----------------------------------------------------------------------------

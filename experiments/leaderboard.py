@@ -16,7 +16,12 @@ from experiments import csv_export, selectors
 from experiments.access import teams_of, visible_base_models
 from experiments.models import BaseModel, Team
 
-METRICS = ("perplexity",)
+METRICS = {
+    "perplexity": "perplexity",
+    "passkey_accuracy": "passkey accuracy",
+    "needle_perplexity": "needle-driven perplexity",
+    "retention_perplexity": "short-context retention (base ppl ÷ ppl)",
+}
 
 
 @dataclass
@@ -29,6 +34,14 @@ class LeaderboardQuery:
     context_length: int | None
     metric: str
     rows: list[selectors.LeaderboardRow] = field(default_factory=list)
+
+    @property
+    def metric_label(self) -> str:
+        return METRICS[self.metric]
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric in selectors.LOWER_IS_BETTER
 
     def params(self) -> dict[str, Any]:
         return {

@@ -170,7 +170,8 @@ class Experiment(models.Model):
     eval_lengths = models.JSONField(default=list)
     eval_documents = models.PositiveIntegerField(default=8)
     training = models.JSONField(default=dict)
-    evaluations = models.JSONField(default=list)
+    evaluations = models.JSONField(default=dict)
+    """EvalSpec's settings besides lengths and documents: ``{"suite": [...], "protocol": ..., ...}``."""
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -208,6 +209,10 @@ class Run(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     attempt = models.PositiveIntegerField(default=1)
+    produced_method = models.ForeignKey(
+        "Method", null=True, blank=True, on_delete=models.SET_NULL, related_name="produced_by",
+        help_text="A method this run made, e.g. the LongRoPE factors a search found.",
+    )
 
     class Meta:
         ordering = ["id"]

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Avg, Count, Exists, Max, Min, OuterRef, Prefetch, Q, QuerySet
+from django.urls import reverse
 
+from experiments import evaluation_charts
 from experiments.access import visible_base_models, visible_experiments
 from experiments.checkpoints import CHECKPOINT
 from experiments.models import Artifact, BaseModel, Experiment, Measurement, Method, Run, Team
@@ -20,7 +22,10 @@ from experiments.models import Artifact, BaseModel, Experiment, Measurement, Met
 Point = tuple[int, float, float | None, float | None]
 """(context length, value, ci_low, ci_high)"""
 
-LOWER_IS_BETTER = {"perplexity", "eval_seconds", "peak_memory_mb", "loss"}
+LOWER_IS_BETTER = {
+    "perplexity", "needle_perplexity", "short_perplexity", "forward_seconds", "perplexity_seconds",
+    "peak_memory_mb", "kv_cache_mb", "loss",
+}
 STATUS_LOG_LINES = 8
 
 
@@ -42,6 +47,8 @@ class ExperimentDetail:
     experiment: Experiment
     runs: list[Run]
     series: dict[str, list[Point]] = field(default_factory=dict)
+    charts: dict[str, Any] = field(default_factory=dict)
+    """Every evaluation's chart data (:func:`experiments.evaluation_charts.build`)."""
 
 
 def experiment_detail(experiment: Experiment) -> ExperimentDetail:
@@ -63,7 +70,23 @@ def experiment_detail(experiment: Experiment) -> ExperimentDetail:
         ]
         if points:
             series[run.method.name] = sorted(points)
-    return ExperimentDetail(experiment, runs, series)
+    rows = (
+        evaluation_charts.Row(run.method.name, m.metric, m.context_length, m.depth, m.value, m.ci_low, m.ci_high,
+                              m.step)
+        for run in runs for m in run.measurement_list
+    )
+    charts = evaluation_charts.build(rows, [run.method.name for run in runs])
+    return ExperimentDetail(experiment, runs, series, charts)
+
+
+def evaluation_chart_data(experiment: Experiment, runs: list[Run]) -> dict[str, Any]:
+    """The same chart data for the status poll: one query."""
+    rows = (
+        Measurement.objects.filter(run__experiment=experiment)
+        .order_by("run_id", "metric", "context_length", "id")
+        .values_list("run__method__name", "metric", "context_length", "depth", "value", "ci_low", "ci_high", "step")
+    )
+    return evaluation_charts.build((evaluation_charts.Row(*row) for row in rows), [r.method.name for r in runs])
 
 
 def comparison_series(experiment: Experiment, metric: str = "perplexity") -> dict[str, list[Point]]:
@@ -143,17 +166,22 @@ def run_payload(run: Run, log_lines: int | None = STATUS_LOG_LINES) -> dict[str,
         "duration_s": run.duration_s,
         "can_cancel": run.is_active,
         "can_retry": run.is_retryable,
+        "produced_method": (
+            {"id": run.produced_method_id, "url": reverse("method_detail", args=[run.produced_method_id])}
+            if run.produced_method_id else None
+        ),
     }
 
 
 def run_status_payload(experiment: Experiment) -> dict[str, Any]:
-    """What the experiment page polls every 2 s: run states plus the perplexity series. Two queries."""
+    """What the experiment page polls every 2 s: run states, the perplexity series and every chart. Three queries."""
     runs = list(experiment.runs.select_related("method").order_by("id"))
     return {
         "experiment": str(experiment.uuid),
         "active": any(run.is_active for run in runs),
         "runs": [run_payload(run) for run in runs],
         "series": comparison_series(experiment),
+        "charts": evaluation_chart_data(experiment, runs),
         "original_context": experiment.base_model.original_context,
     }
 
@@ -185,6 +213,7 @@ def _finished_measurements(teams: Iterable[Team] | QuerySet[Team], base_model: B
     return Measurement.objects.filter(
         metric=metric,
         context_length=context_length,
+        depth__isnull=True,
         run__status=Run.Status.SUCCEEDED,
         run__experiment__team__in=teams,
         run__experiment__base_model=base_model,
@@ -234,7 +263,7 @@ def leaderboard_lengths(teams: Iterable[Team] | QuerySet[Team], base_model: Base
     """Context lengths with finished measurements, for the leaderboard's filter: one query."""
     return list(
         Measurement.objects.filter(
-            metric=metric, context_length__isnull=False, run__status=Run.Status.SUCCEEDED,
+            metric=metric, context_length__isnull=False, depth__isnull=True, run__status=Run.Status.SUCCEEDED,
             run__experiment__team__in=teams, run__experiment__base_model=base_model,
         ).values_list("context_length", flat=True).distinct().order_by("context_length")
     )

@@ -13,6 +13,7 @@ The old attempt's uuid then matches no row, so anything still carrying it is ign
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import shutil
@@ -20,6 +21,7 @@ import traceback
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -42,9 +44,10 @@ from experiments.models import (
     Team,
     params_hash,
 )
+from gpu_workers.methods import validate
 from gpu_workers.reporter import Cancelled
 from gpu_workers.reporter import Measurement as ReportedMeasurement
-from gpu_workers.spec import EvalSpec, MethodSpec, RunSpec
+from gpu_workers.spec import EvalSpec, MethodSpec, RunSpec, TrainSpec
 
 logger = logging.getLogger(__name__)
 Status = Run.Status
@@ -85,8 +88,8 @@ def submit_experiment(user: Any, data: dict[str, Any]) -> Experiment:
             target_length=data["target_length"],
             eval_lengths=list(data["eval_lengths"]),
             eval_documents=data["eval_documents"],
-            training={"mode": "none"},
-            evaluations=["perplexity"],
+            training=dict(data.get("training") or {"mode": "none"}),
+            evaluations=dict(data.get("evaluations") or {"suite": ["perplexity"]}),
         )
         for row in data["methods"]:
             name = method_label(row["family"], row["params"], base_model.rope_facts(), data["target_length"])
@@ -125,6 +128,16 @@ def claim_run(run_id: str, worker: str) -> bool:
     return claimed == 1
 
 
+def run_work_dir(run: Run) -> Path:
+    """Per Run row, not per attempt: a retry finds the previous attempt's checkpoints and search state."""
+    return Path(settings.CONTEXTLAB_DATA_DIR) / "runs" / f"run-{run.pk}"
+
+
+def eval_spec_for(experiment: Experiment) -> EvalSpec:
+    settings_ = {k: tuple(v) if isinstance(v, list) else v for k, v in experiment.evaluations.items()}
+    return EvalSpec(lengths=tuple(experiment.eval_lengths), documents=experiment.eval_documents, **settings_)
+
+
 def run_spec_for(run: Run) -> RunSpec:
     """The plain-data description of a run that the ML side accepts."""
     experiment = run.experiment
@@ -134,9 +147,11 @@ def run_spec_for(run: Run) -> RunSpec:
         dataset=experiment.dataset.spec(),
         method=MethodSpec(family=run.method.family, params=dict(run.method.params)),
         target_length=experiment.target_length,
-        eval=EvalSpec(lengths=tuple(experiment.eval_lengths), documents=experiment.eval_documents),
+        eval=eval_spec_for(experiment),
         seed=0,
         device=settings.CONTEXTLAB_DEVICE,
+        work_dir=str(run_work_dir(run)),
+        train=TrainSpec(**experiment.training),
     )
 
 
@@ -176,8 +191,38 @@ def execute_run(run_id: str, worker: str = "") -> str:
         reporter.log(f"{message}{where}")
         finish_run(run_id, Status.FAILED, error=message)
         return Status.FAILED
-    finish_run(run_id, Status.SUCCEEDED)
+    try:
+        # One transaction, so nobody sees a succeeded search run whose method is not saved yet.
+        with transaction.atomic():
+            if finish_run(run_id, Status.SUCCEEDED):
+                save_searched_method(run)
+    except Exception as exc:  # the search result could not become a method: the run did not deliver
+        logger.exception("run %s: saving its searched method failed", run_id)
+        message = f"saving the searched method failed: {type(exc).__name__}: {exc}"
+        reporter.log(message)
+        finish_run(run_id, Status.FAILED, error=message)
+        return Status.FAILED
     return Status.SUCCEEDED
+
+
+def save_searched_method(run: Run) -> Method | None:
+    """A finished factor search becomes a reusable LongRoPE method of the run's team."""
+    artifact = Artifact.objects.filter(run=run, kind="search_result").order_by("-id").first()
+    if artifact is None:
+        return None
+    try:
+        summary = json.loads(Path(artifact.path).read_text())
+    except (OSError, ValueError):
+        logger.exception("run %s: could not read the search result %s", run.uuid, artifact.path)
+        return None
+    params = summary["method_params"]
+    experiment = run.experiment
+    base = experiment.base_model.rope_facts()
+    canonical = validate("longrope", params, base, experiment.target_length)
+    name = f"LongRoPE ×{canonical['factor']:g} searched in “{experiment.name}” ({run.method.name})"[:200]
+    method = get_or_create_method(experiment.team, "longrope", canonical, name)
+    Run.objects.filter(pk=run.pk).update(produced_method=method)
+    return method
 
 
 def write_progress(run_id: str, fraction: float, message: str, log_tail: str) -> None:

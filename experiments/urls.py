@@ -18,6 +18,7 @@ urlpatterns = [
     path("models/new/", views.model_new, name="model_new"),
     path("datasets/", views.dataset_list, name="dataset_list"),
     path("datasets/new/", views.dataset_new, name="dataset_new"),
+    path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset_detail"),
     path("methods/", views.method_list, name="method_list"),
     path("methods/<int:method_id>/", views.method_detail, name="method_detail"),
     path("methods/<int:method_id>/<str:which>_factor.csv", views.method_factors, name="method_factors"),

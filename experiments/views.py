@@ -27,10 +27,20 @@ from experiments.access import (
     visible_datasets,
     visible_methods,
 )
-from experiments.forms import BaseModelForm, Composer, DatasetForm, ScalingChartForm
+from experiments.forms import (
+    EVALUATION_LABELS,
+    TRAINING_PRESETS,
+    BaseModelForm,
+    Composer,
+    DatasetForm,
+    MixturePreviewForm,
+    ScalingChartForm,
+)
 from experiments.models import ApiToken
+from gpu_workers.data.mixture_preview import preview
 from gpu_workers.methods import FAMILIES
 from gpu_workers.methods.longrope_files import format_factors
+from gpu_workers.search_step import SEARCH_MODES
 
 
 def _require_some_submit_team(request: HttpRequest) -> None:
@@ -60,6 +70,7 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
     return render(request, "experiments/composer.html", {
         "composer": composer,
         "families": list(FAMILIES.values()),
+        "training_presets": TRAINING_PRESETS,
     })
 
 
@@ -70,11 +81,20 @@ def experiment_detail(request: HttpRequest, experiment_id: str) -> HttpResponse:
     detail = selectors.experiment_detail(experiment)
     base, target = experiment.base_model, experiment.target_length
     limits = rope_charts.scaling_limits(detail.runs, base, target)
+    suite = experiment.evaluations.get("suite", ["perplexity"])
     return render(request, "experiments/experiment_detail.html", {
         "experiment": experiment,
         "detail": detail,
         "can_submit": can_submit(request.user, experiment.team),
+        "suite": suite,
+        "has_search": any(run.method.family in SEARCH_MODES for run in detail.runs),
+        "training_on": experiment.training.get("mode", "none") != "none",
+        "train_length": experiment.training.get("train_length") or experiment.target_length,
+        "suite_labels": [EVALUATION_LABELS[name] for name in suite if name in EVALUATION_LABELS],
+        "settings": experiment.evaluations,
+        "device_note": "the worker's device (CUDA when it has one, else the CPU)",
         "chart": {
+            "charts": detail.charts,
             "series": detail.series,
             "original_context": base.original_context,
             "limits": [asdict(limit) for limit in limits if limit.length is not None],
@@ -178,6 +198,38 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@require_GET
+def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    dataset = get_object_or_404(visible_datasets(request.user), pk=dataset_id)
+    query = request.GET.copy()
+    form = MixturePreviewForm(query if query else None, user=request.user)
+    mixture, error = None, ""
+    if not form.is_bound:
+        initial = {name: field.initial for name, field in form.fields.items() if field.initial is not None}
+        form = MixturePreviewForm(initial, user=request.user)
+    if form.is_valid():
+        data = form.cleaned_data
+        base = data["base_model"]
+        threshold = data.get("threshold") or 4 * max(base.original_context, 1)
+        try:
+            mixture = preview(dataset.spec(), base.source, strategy=data["strategy"], threshold=threshold,
+                              keep_short_p=data["keep_short_p"], sources=data["sources"],
+                              multiplier=data["multiplier"], original_length=base.original_context)
+        except (ValueError, OSError) as exc:
+            error = str(exc)
+    rows = []
+    if mixture:
+        before, after = mixture["before"]["sources"], mixture["after"]["sources"]
+        rows = [{"source": name, "share_before": before[name]["token_share"],
+                 "share_after": after.get(name, {}).get("token_share", 0.0),
+                 "long_before": before[name]["long_token_share"],
+                 "long_after": after.get(name, {}).get("long_token_share", 0.0)} for name in sorted(before)]
+    return render(request, "experiments/dataset_detail.html", {
+        "dataset": dataset, "form": form, "mixture": mixture, "mixture_rows": rows, "error": error,
+    })
+
+
+@login_required
 @require_http_methods(["GET", "POST"])
 def dataset_new(request: HttpRequest) -> HttpResponse:
     _require_some_submit_team(request)
@@ -249,7 +301,7 @@ def method_factors(request: HttpRequest, method_id: int, which: str) -> HttpResp
 @require_GET
 def leaderboard_page(request: HttpRequest) -> HttpResponse:
     query = leaderboard.resolve(request.user, request.GET)
-    return render(request, "experiments/leaderboard.html", {"query": query})
+    return render(request, "experiments/leaderboard.html", {"query": query, "metrics": leaderboard.METRICS})
 
 
 @login_required

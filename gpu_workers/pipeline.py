@@ -1,24 +1,34 @@
-"""One run, start to end: load → apply the method → evaluate → report.
+"""One run, start to end: load → apply the method → run the chosen evaluations → report.
 
-``reporter.should_stop()`` is checked between steps and inside every loop over documents, so a
-cancel lands within one forward pass.
+``reporter.should_stop()`` is checked between steps and inside every loop over documents, samples
+and needles, so a cancel lands within one forward pass. Each evaluation gets an equal slice of the
+progress bar and reports its wall time as ``<evaluation>_seconds``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from gpu_workers import device as devices
 from gpu_workers.data.documents import long_documents
-from gpu_workers.evaluate import perplexity
-from gpu_workers.loading import load
+from gpu_workers.data.needle import NeedleBuilder, haystack_stream
+from gpu_workers.device import Placement
+from gpu_workers.evaluate import memory, needle, passkey, perplexity
+from gpu_workers.evaluate.retention import Retention, original_rope
+from gpu_workers.loading import LoadedModel, load
 from gpu_workers.reporter import Cancelled, Measurement, Reporter
-from gpu_workers.spec import RunSpec
+from gpu_workers.rope_theory import original_frequencies
+from gpu_workers.spec import EVALUATIONS, MIN_PROMPT_LENGTH, MethodSpec, RunSpec
 
 LOAD_SHARE = 0.1
 """Fraction of the progress bar given to loading, the rest to evaluation."""
+
+Progress = Callable[[float, str], None]
 
 
 def _checkpoint(reporter: Reporter) -> None:
@@ -26,7 +36,211 @@ def _checkpoint(reporter: Reporter) -> None:
         raise Cancelled()
 
 
+@dataclass
+class Context:
+    spec: RunSpec
+    loaded: LoadedModel
+    placement: Placement
+    reporter: Reporter
+    base_reference: tuple[float, float | None] | None = None
+    """Short-context numbers of the base model, taken before training changes the weights."""
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
+
+    def emit(self, measurements: list[Measurement]) -> None:
+        for m in measurements:
+            self.reporter.measurement(m)
+
+
+def _counter(total: int, progress: Progress, what: str) -> Callable[[], None]:
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        progress(done[0] / max(total, 1), f"{done[0]}/{total} {what}")
+
+    return tick
+
+
+def _perplexity(ctx: Context, progress: Progress) -> None:
+    ev = ctx.spec.eval
+    docs = long_documents(ctx.spec.dataset, ctx.loaded.tokenizer, max(ev.lengths), ev.documents)
+    common = dict(device=ctx.device, length_dependent=ctx.loaded.length_dependent,
+                  should_stop=ctx.reporter.should_stop, seed=ctx.spec.seed,
+                  on_document=lambda done, total: progress(done / total, f"{done}/{total} windows"))
+    if ev.protocol == "sliding":
+        results = perplexity.sliding_perplexity_by_length(ctx.model, docs, ev.lengths, stride=ev.stride, **common)
+    else:
+        results = perplexity.perplexity_by_length(ctx.model, docs, ev.lengths, **common)
+    for m in perplexity.to_measurements(results):
+        ctx.reporter.measurement(m)
+        ctx.reporter.log(f"ppl@{m.context_length} ({ev.protocol}) = {m.value:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}]")
+
+
+def _passkey(ctx: Context, progress: Progress) -> None:
+    ev = ctx.spec.eval
+    tick = _counter(len(ev.lengths) * ev.passkey_samples, progress, "passkey prompts")
+    results = passkey.passkey_by_length(
+        ctx.model, ctx.loaded.tokenizer, ev.lengths, ev.passkey_samples, device=ctx.device,
+        length_dependent=ctx.loaded.length_dependent, depth=ev.passkey_depth, seed=ctx.spec.seed,
+        should_stop=ctx.reporter.should_stop, on_sample=tick,
+    )
+    ctx.emit(passkey.to_measurements(results, ev.passkey_depth))
+    ctx.reporter.log("passkey: " + ", ".join(f"{r.length}: {r.accuracy:.0%}" for r in results))
+
+
+def _needle_setup(ctx: Context, variant: str) -> tuple[NeedleBuilder, list[int], list]:
+    ev = ctx.spec.eval
+    builder = NeedleBuilder(ctx.loaded.tokenizer, fmt=ev.needle_format, variant=variant, count=ev.needle_count,
+                            seed=ctx.spec.seed)
+    stream = haystack_stream(ctx.spec.dataset, ctx.loaded.tokenizer, max(ev.lengths))
+    tasks = needle.grid_tasks(builder, stream, ev.lengths, ev.needle_depths, ev.needle_samples)
+    return builder, builder.prefix(stream), tasks
+
+
+def _needle(ctx: Context, progress: Progress) -> None:
+    _, prefix, tasks = _needle_setup(ctx, ctx.spec.eval.needle_variant)
+    reuse = not ctx.loaded.length_dependent
+    answers = needle.answer_tasks(
+        ctx.model, ctx.loaded.tokenizer, prefix, tasks, device=ctx.device, reuse_prefix=reuse,
+        length_dependent=ctx.loaded.length_dependent, should_stop=ctx.reporter.should_stop,
+        on_task=_counter(len(tasks), progress, "needles"),
+    )
+    cells = needle.summarise_grid(answers)
+    ctx.emit(needle.grid_measurements(cells))
+    ctx.reporter.log(f"needle grid: {len(cells)} cells, {len(tasks)} prompts, shared prefix cache: {reuse}")
+
+
+def _needle_perplexity(ctx: Context, progress: Progress) -> None:
+    _, prefix, tasks = _needle_setup(ctx, "single")
+    ctx.emit(needle.needle_perplexity(
+        ctx.model, prefix, tasks, device=ctx.device, length_dependent=ctx.loaded.length_dependent,
+        seed=ctx.spec.seed, should_stop=ctx.reporter.should_stop,
+        on_task=_counter(len(tasks), progress, "needle answers scored"),
+    ))
+
+
+def _short_context(ctx: Context) -> tuple[float, float | None]:
+    """Perplexity (and passkey accuracy) at the original context, as the model computes now."""
+    ev, n = ctx.spec.eval, ctx.loaded.facts.original_context
+    # The perplexity curve's own documents (each reaches the longest length), cut at the original length.
+    docs = [d[:n] for d in long_documents(ctx.spec.dataset, ctx.loaded.tokenizer, max(ev.lengths), ev.documents)]
+    ppl = perplexity.perplexity_by_length(
+        ctx.model, docs, [n], device=ctx.device, length_dependent=ctx.loaded.length_dependent,
+        should_stop=ctx.reporter.should_stop, seed=ctx.spec.seed,
+    )[0].perplexity
+    if not (ev.wants("passkey") and n >= MIN_PROMPT_LENGTH):
+        return ppl, None
+    key = passkey.passkey_accuracy(ctx.model, ctx.loaded.tokenizer, n, ev.passkey_samples, device=ctx.device,
+                                   length_dependent=ctx.loaded.length_dependent, seed=ctx.spec.seed,
+                                   should_stop=ctx.reporter.should_stop)
+    return ppl, key.accuracy
+
+
+def _base_reference(ctx: Context) -> tuple[float, float | None]:
+    """The base model's short-context numbers: these weights with the original RoPE."""
+    with original_rope(ctx.model, original_frequencies(ctx.loaded.facts.rope)):
+        return _short_context(ctx)
+
+
+def _retention(ctx: Context, progress: Progress) -> None:
+    ev, n = ctx.spec.eval, ctx.loaded.facts.original_context
+    if ctx.base_reference is None:
+        ctx.base_reference = _base_reference(ctx)
+    base_ppl, base_key = ctx.base_reference
+    progress(0.5, "base model measured")
+    ppl, key = _short_context(ctx)
+    result = Retention(n, ppl, base_ppl, key, base_key)
+    ctx.emit(result.measurements(ev.documents, ev.passkey_samples if key is not None else None))
+    ctx.reporter.log(f"retention at {n}: ppl {ppl:.2f} vs base {base_ppl:.2f} (ratio {result.perplexity_ratio:.3f})")
+
+
+def _memory(ctx: Context, progress: Progress) -> None:
+    costs = memory.measure_lengths(ctx.model, ctx.loaded.facts, ctx.spec.eval.lengths, ctx.placement,
+                                   length_dependent=ctx.loaded.length_dependent, seed=ctx.spec.seed,
+                                   should_stop=ctx.reporter.should_stop)
+    ctx.emit(memory.to_measurements(costs))
+
+
+RUNNERS: dict[str, Callable[[Context, Progress], None]] = {
+    "perplexity": _perplexity,
+    "passkey": _passkey,
+    "needle": _needle,
+    "needle_perplexity": _needle_perplexity,
+    "retention": _retention,
+    "memory": _memory,
+}
+assert tuple(RUNNERS) == EVALUATIONS
+
+
+STEP_WEIGHTS = {"search": 4.0, "train": 4.0}
+"""Progress-bar weight of the optional steps, against 1 per evaluation."""
+
+
+def _search(ctx: Context, progress: Progress) -> None:
+    from gpu_workers.search_step import run_search
+
+    params = run_search(ctx.spec, ctx.loaded, ctx.reporter, progress)
+    method = MethodSpec("longrope", params)
+    del ctx.loaded.model
+    ctx.loaded = load(ctx.spec.model_source, method, ctx.spec.target_length, ctx.placement)
+    ctx.reporter.log(f"evaluating the searched factors as LongRoPE: {ctx.loaded.model.config.rope_parameters}")
+
+
+def _train_in_processes(ctx: Context, processes: int, on_step: Callable[[int, float, float], None]) -> None:
+    """N processes via accelerate (or torchrun); the trained weights come back through the work directory."""
+    from transformers import AutoModelForCausalLM
+
+    from gpu_workers.train_launch import launch
+
+    ctx.reporter.log(f"training in {processes} processes")
+    result = launch(ctx.spec, processes, on_step=on_step, should_stop=ctx.reporter.should_stop)
+    trained = Path(ctx.spec.work_dir) / "trained"
+    model = AutoModelForCausalLM.from_pretrained(trained, dtype=ctx.placement.dtype, attn_implementation="sdpa",
+                                                 local_files_only=True)
+    ctx.loaded.model = model.to(ctx.placement.device).eval()
+    ctx.reporter.log(f"trained {result['steps_done']} steps in {result['seconds']:.1f} s across "
+                     f"{result['processes']} processes; final loss {result['final_loss']:.3f}")
+
+
+def _train(ctx: Context, progress: Progress) -> None:
+    from gpu_workers.data.training import build_training_data
+    from gpu_workers.train import train
+    from gpu_workers.train_launch import configured_processes
+
+    spec, facts = ctx.spec, ctx.loaded.facts
+    steps = spec.train.steps
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        ctx.reporter.measurement(Measurement("train_loss", loss, step=step))
+        progress(step / steps, f"step {step}/{steps}, loss {loss:.3f}")
+
+    processes = configured_processes()
+    if processes > 1:
+        _train_in_processes(ctx, processes, on_step)
+        return
+    data = build_training_data(spec, ctx.loaded.tokenizer, facts.original_context)
+    ctx.reporter.log(f"training ({spec.train.mode}): {len(data.long)} sequences of "
+                     f"{spec.train.length_for(spec.target_length)} tokens, {len(data.short)} short, "
+                     f"{spec.train.data_strategy} data")
+    work = Path(spec.work_dir) if spec.work_dir else None
+    model, result = train(ctx.model, data, spec.train, original_inv_freq=original_frequencies(facts.rope),
+                          work_dir=work, on_step=on_step, should_stop=ctx.reporter.should_stop)
+    ctx.loaded.model = model.eval()
+    resumed = f", resumed from step {result.resumed_from}" if result.resumed_from else ""
+    ctx.reporter.log(f"trained {result.steps_done} steps in {result.seconds:.1f} s{resumed}; "
+                     f"final loss {result.final_loss:.3f}")
+
+
 def run(spec: RunSpec, reporter: Reporter) -> None:
+    from gpu_workers.search_step import SEARCH_MODES
+
     torch.manual_seed(spec.seed)
     placement = devices.place(spec.device)
     dtype = str(placement.dtype).removeprefix("torch.")
@@ -34,29 +248,38 @@ def run(spec: RunSpec, reporter: Reporter) -> None:
     loaded = load(spec.model_source, spec.method, spec.target_length, placement)
     reporter.log(f"method {spec.method.family} {loaded.params}; rope_parameters {loaded.model.config.rope_parameters}")
     _checkpoint(reporter)
+    ctx = Context(spec, loaded, placement, reporter)
+    steps: list[tuple[str, Callable[[Context, Progress], None], float]] = []
+    if spec.method.family in SEARCH_MODES:
+        steps.append(("search", _search, STEP_WEIGHTS["search"]))
+    if spec.train.enabled:
+        if spec.eval.wants("retention"):
+            reporter.progress(LOAD_SHARE, "retention: measuring the base model before training")
+            ctx.base_reference = _base_reference(ctx)
+        steps.append(("train", _train, STEP_WEIGHTS["train"]))
+    steps += [(name, RUNNERS[name], 1.0) for name in spec.eval.suite]
+    total = sum(weight for _, _, weight in steps)
+    start = LOAD_SHARE
+    for name, runner, weight in steps:
+        share = (1 - LOAD_SHARE) * weight / total
 
-    longest = max(spec.eval.lengths)
-    docs = long_documents(spec.dataset, loaded.tokenizer, longest, spec.eval.documents)
-    reporter.progress(LOAD_SHARE, f"evaluating perplexity on {len(docs)} documents at {list(spec.eval.lengths)}")
-    _checkpoint(reporter)
+        def progress(fraction: float, message: str, start: float = start, name: str = name,
+                     share: float = share) -> None:
+            reporter.progress(start + share * min(fraction, 1.0), f"{name}: {message}")
 
-    def on_document(done: int, total: int) -> None:
-        reporter.progress(LOAD_SHARE + (1 - LOAD_SHARE) * done / total, f"perplexity: {done}/{total} windows")
-
-    devices.reset_peak_memory(placement)
-    started = time.perf_counter()
-    results = perplexity.perplexity_by_length(
-        loaded.model, docs, spec.eval.lengths, device=placement.device,
-        length_dependent=loaded.length_dependent, should_stop=reporter.should_stop,
-        on_document=on_document, seed=spec.seed,
-    )
-    seconds = time.perf_counter() - started
-    for measurement in perplexity.to_measurements(results):
-        reporter.measurement(measurement)
-        reporter.log(f"ppl@{measurement.context_length} = {measurement.value:.2f} "
-                     f"[{measurement.ci_low:.2f}, {measurement.ci_high:.2f}]")
-    reporter.measurement(Measurement("eval_seconds", seconds, context_length=longest, samples=len(docs)))
-    peak = devices.peak_memory_mb(placement)
-    if peak is not None:
-        reporter.measurement(Measurement("peak_memory_mb", peak, context_length=longest))
+        start += share
+        progress(0.0, "starting")
+        _checkpoint(reporter)
+        if name != "memory":
+            devices.reset_peak_memory(placement)
+        started = time.perf_counter()
+        runner(ctx, progress)
+        seconds = time.perf_counter() - started
+        reporter.measurement(Measurement(f"{name}_seconds", seconds, context_length=max(spec.eval.lengths)))
+        if name == "perplexity":
+            peak = devices.peak_memory_mb(placement)
+            if peak is not None:
+                reporter.measurement(
+                    Measurement("perplexity_peak_memory_mb", peak, context_length=max(spec.eval.lengths))
+                )
     reporter.progress(1.0, "done")

@@ -10,7 +10,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 DATASET_KINDS = ("builtin", "local", "hf")
-PPL_PROTOCOLS = ("truncate",)
+PPL_PROTOCOLS = ("truncate", "sliding")
+EVALUATIONS = ("perplexity", "passkey", "needle", "needle_perplexity", "retention", "memory")
+"""Every evaluation a run can do, in the order the pipeline runs them."""
+NEEDLE_VARIANTS = ("single", "multikey", "multivalue")
+NEEDLE_FORMATS = ("passkey", "magic_number")
+PROMPT_EVALUATIONS = ("passkey", "needle", "needle_perplexity")
+MIN_PROMPT_LENGTH = 128
+"""Passkey and needle prompts need room for instructions, needles and a question besides the haystack."""
 
 
 @dataclass(frozen=True)
@@ -31,20 +38,161 @@ class DatasetSpec:
             raise ValueError(f"dataset kind must be one of {DATASET_KINDS}, not {self.kind!r}")
 
 
+class EvalSpecError(ValueError):
+    """A bad evaluation setting; ``field`` names the setting so a form can put the message beside it."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _depths(values: Any, field_name: str) -> tuple[float, ...]:
+    depths = tuple(sorted({round(float(d), 4) for d in values}))
+    if not depths:
+        raise EvalSpecError("give at least one depth", field_name)
+    if depths[0] < 0 or depths[-1] > 1:
+        raise EvalSpecError("depths are fractions of the context, between 0 and 1", field_name)
+    return depths
+
+
 @dataclass(frozen=True)
 class EvalSpec:
+    """What to evaluate and how; every number here is drawn or exported with its coordinates."""
+
     lengths: tuple[int, ...]
     documents: int = 8
     protocol: str = "truncate"
+    """Perplexity protocol: ``truncate`` (first L tokens of each document) or ``sliding`` (windows of L, stride)."""
+    stride: int = 128
+    """Sliding protocol: each window after the first scores only its last *stride* tokens."""
+    suite: tuple[str, ...] = ("perplexity",)
+    passkey_samples: int = 20
+    passkey_depth: float | None = None
+    """``None`` = a random depth per sample."""
+    needle_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    needle_samples: int = 2
+    """Needles per grid cell (and per needle-perplexity depth), each with its own key and value."""
+    needle_variant: str = "single"
+    needle_format: str = "passkey"
+    needle_count: int = 4
+    """Multi-key: needles in the haystack (one asked for); multi-value: values under the one key."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lengths", tuple(sorted({int(n) for n in self.lengths})))
+        object.__setattr__(self, "suite", tuple(e for e in EVALUATIONS if e in set(self.suite)))
         if not self.lengths or self.lengths[0] < 16:
-            raise ValueError("evaluation lengths must be at least 16 tokens")
+            raise EvalSpecError("evaluation lengths must be at least 16 tokens", "lengths")
         if self.documents < 1:
-            raise ValueError("at least one evaluation document is needed")
+            raise EvalSpecError("at least one evaluation document is needed", "documents")
         if self.protocol not in PPL_PROTOCOLS:
-            raise ValueError(f"perplexity protocol must be one of {PPL_PROTOCOLS}")
+            raise EvalSpecError(f"perplexity protocol must be one of {PPL_PROTOCOLS}", "protocol")
+        if self.protocol == "sliding" and not 1 <= self.stride <= self.lengths[0]:
+            raise EvalSpecError(
+                f"the stride must be between 1 and the shortest length ({self.lengths[0]} tokens)", "stride"
+            )
+        if not self.suite:
+            raise EvalSpecError(f"pick at least one evaluation of {EVALUATIONS}", "suite")
+        prompts = [e for e in self.suite if e in PROMPT_EVALUATIONS]
+        if prompts and self.lengths[0] < MIN_PROMPT_LENGTH:
+            raise EvalSpecError(
+                f"{' and '.join(prompts)} prompts need lengths of at least {MIN_PROMPT_LENGTH} tokens", "lengths"
+            )
+        if not 1 <= self.passkey_samples <= 1000:
+            raise EvalSpecError("passkey samples per length must be between 1 and 1000", "passkey_samples")
+        if self.passkey_depth is not None and not 0 <= self.passkey_depth <= 1:
+            raise EvalSpecError("the passkey depth is a fraction between 0 and 1 (blank = random)", "passkey_depth")
+        object.__setattr__(self, "needle_depths", _depths(self.needle_depths, "needle_depths"))
+        if not 1 <= self.needle_samples <= 100:
+            raise EvalSpecError("needles per cell must be between 1 and 100", "needle_samples")
+        if self.needle_variant not in NEEDLE_VARIANTS:
+            raise EvalSpecError(f"needle variant must be one of {NEEDLE_VARIANTS}", "needle_variant")
+        if self.needle_format not in NEEDLE_FORMATS:
+            raise EvalSpecError(f"needle format must be one of {NEEDLE_FORMATS}", "needle_format")
+        if self.needle_variant != "single" and self.needle_format != "magic_number":
+            raise EvalSpecError("multi-key and multi-value needles use the magic-number format", "needle_format")
+        if not 2 <= self.needle_count <= 16:
+            raise EvalSpecError("multi-key / multi-value needles: between 2 and 16", "needle_count")
+
+    def wants(self, evaluation: str) -> bool:
+        return evaluation in self.suite
+
+
+TRAIN_MODES = ("none", "finetune", "continual_pretrain")
+DATA_STRATEGIES = ("per_source", "global", "upsample_sources", "truncate")
+
+
+class TrainSpecError(EvalSpecError):
+    """A bad training setting, named by ``field``."""
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A training step between applying the method and evaluating it; ``mode="none"`` skips it."""
+
+    mode: str = "none"
+    steps: int = 100
+    learning_rate: float = 3e-4
+    warmup_steps: int = 10
+    batch_size: int = 1
+    grad_accum: int = 1
+    train_length: int = 0
+    """Tokens per training sequence; 0 = the experiment's target length."""
+    gradient_checkpointing: bool = False
+    lora: bool = False
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    train_embeddings_and_norms: bool = True
+    """LongLoRA's finding: with LoRA, also train the embeddings and norm layers (ignored for full fine-tuning)."""
+    s2_attn: bool = False
+    """Shifted sparse attention while training (LongLoRA); evaluation always uses full attention."""
+    s2_group_fraction: float = 0.25
+    mixed_windows: bool = False
+    """LongRoPE2: short sequences (original length, original RoPE) interleaved with long, rescaled ones."""
+    short_fraction: float = 0.5
+    data_strategy: str = "per_source"
+    long_threshold: int = 0
+    """Documents at least this long count as long for upsampling; 0 = the training length."""
+    keep_short_p: float = 0.15
+    upsample_sources: tuple[str, ...] = ()
+    upsample_multiplier: float = 2.0
+    passkey_fraction: float = 0.0
+    """Share of synthetic passkey sequences mixed into the training data (keeps retrieval alive)."""
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "upsample_sources", tuple(self.upsample_sources))
+        checks = [
+            (self.mode in TRAIN_MODES, "mode", f"training mode must be one of {TRAIN_MODES}"),
+            (1 <= self.steps <= 1_000_000, "steps", "steps must be between 1 and 1,000,000"),
+            (0 < self.learning_rate < 1, "learning_rate", "the learning rate must be between 0 and 1"),
+            (0 <= self.warmup_steps <= self.steps, "warmup_steps", "warm-up must be between 0 and the steps"),
+            (1 <= self.batch_size <= 1024, "batch_size", "batch size must be between 1 and 1024"),
+            (1 <= self.grad_accum <= 1024, "grad_accum", "gradient accumulation must be between 1 and 1024"),
+            (self.train_length == 0 or self.train_length >= 16, "train_length", "train at 16 tokens or more"),
+            (1 <= self.lora_rank <= 1024, "lora_rank", "LoRA rank must be between 1 and 1024"),
+            (self.lora_alpha > 0, "lora_alpha", "LoRA alpha must be positive"),
+            (0 < self.s2_group_fraction <= 0.5, "s2_group_fraction", "S2-Attn groups are at most half a sequence"),
+            (0 < self.short_fraction < 1, "short_fraction", "the short-window share must be between 0 and 1"),
+            (self.data_strategy in DATA_STRATEGIES, "data_strategy", f"data strategy must be one of {DATA_STRATEGIES}"),
+            (self.long_threshold >= 0, "long_threshold", "the long-document threshold cannot be negative"),
+            (0 <= self.keep_short_p <= 1, "keep_short_p", "the short-document keep probability is between 0 and 1"),
+            (self.upsample_multiplier > 0, "upsample_multiplier", "the multiplier must be positive"),
+            (self.data_strategy != "upsample_sources" or bool(self.upsample_sources), "upsample_sources",
+             "name the sources to upsample"),
+            (0 <= self.passkey_fraction < 1, "passkey_fraction", "the passkey share must be in [0, 1)"),
+            (self.checkpoint_every >= 1, "checkpoint_every", "checkpoint at least every step count ≥ 1"),
+        ]
+        for ok, name, message in checks:
+            if not ok:
+                raise TrainSpecError(message, name)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+    def length_for(self, target_length: int) -> int:
+        return self.train_length or target_length
 
 
 @dataclass(frozen=True)
@@ -58,10 +206,15 @@ class RunSpec:
     seed: int = 0
     device: str = "auto"
     """``auto`` picks CUDA when present, the CPU otherwise; ``cpu`` / ``cuda`` force one."""
+    train: TrainSpec = field(default_factory=TrainSpec)
+    work_dir: str = ""
+    """A directory that outlives one attempt (checkpoints, search state): a retried run resumes from it."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["eval"]["lengths"] = list(self.eval.lengths)
+        for name in ("lengths", "suite", "needle_depths"):
+            data["eval"][name] = list(data["eval"][name])
+        data["train"]["upsample_sources"] = list(self.train.upsample_sources)
         return data
 
     @classmethod
@@ -72,7 +225,9 @@ class RunSpec:
             dataset=DatasetSpec(**data["dataset"]),
             method=MethodSpec(**data["method"]),
             target_length=int(data["target_length"]),
-            eval=EvalSpec(**data["eval"]),
+            eval=EvalSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["eval"].items()}),
             seed=int(data.get("seed", 0)),
             device=data.get("device", "auto"),
+            train=TrainSpec(**data.get("train", {})),
+            work_dir=data.get("work_dir", ""),
         )

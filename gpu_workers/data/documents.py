@@ -1,7 +1,7 @@
 """Evaluation documents from any dataset source, and the length checks the composer needs.
 
-Sources: the built-in demo corpus (its held-out split), a local ``.jsonl`` / ``.txt`` file or a
-directory of text files, or a Hugging Face dataset saved on disk (``datasets.save_to_disk``).
+Sources: the built-in demo corpus (its held-out split), a local ``.jsonl`` / ``.parquet`` / ``.txt``
+file or a directory of text files, or a Hugging Face dataset saved on disk (``datasets.save_to_disk``).
 Nothing here downloads.
 """
 
@@ -62,14 +62,34 @@ def _from_directory(path: Path) -> list[dict[str, str]]:
     return docs
 
 
-def _from_hf_disk(path: Path, spec: DatasetSpec) -> list[dict[str, str]]:
+def _from_parquet(path: Path, spec: DatasetSpec) -> list[dict[str, str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise DatasetError(f"{path.name} is not a readable parquet file: {exc}") from None
+    if spec.text_field not in table.column_names:
+        raise DatasetError(f"{path.name} has no '{spec.text_field}' column (it has {', '.join(table.column_names)}).")
+    texts = table.column(spec.text_field).to_pylist()
+    sources = (table.column(spec.source_field).to_pylist() if spec.source_field in table.column_names
+               else ["local"] * len(texts))
+    return [{"text": str(t), "source": str(s)} for t, s in zip(texts, sources, strict=True) if t]
+
+
+EVALUATION_SPLITS = ("test", "validation", "train")
+TRAINING_SPLITS = ("train", "validation", "test")
+
+
+def _from_hf_disk(path: Path, spec: DatasetSpec, splits: tuple[str, ...] = EVALUATION_SPLITS
+                  ) -> list[dict[str, str]]:
     try:
         import datasets
     except ImportError:
         raise DatasetError("Reading a Hugging Face dataset needs the 'datasets' package on the worker.") from None
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
-        split = next((s for s in ("test", "validation", "train") if s in loaded), None)
+        split = next((s for s in splits if s in loaded), None)
         loaded = loaded[split]
     if spec.text_field not in loaded.column_names:
         raise DatasetError(f"The dataset has no '{spec.text_field}' column.")
@@ -92,13 +112,48 @@ def load_documents(spec: DatasetSpec) -> list[dict[str, str]]:
         docs = _from_directory(path)
     elif path.suffix == ".jsonl":
         docs = _from_jsonl(path, spec)
+    elif path.suffix == ".parquet":
+        docs = _from_parquet(path, spec)
     elif path.suffix in TEXT_SUFFIXES:
         docs = [{"text": path.read_text(encoding="utf-8", errors="replace"), "source": "local"}]
     else:
-        raise DatasetError(f"Unsupported file type {path.suffix!r}: use .jsonl, a text file or a directory.")
+        raise DatasetError(
+            f"Unsupported file type {path.suffix!r}: use .jsonl, .parquet, a text file or a directory."
+        )
     if not docs:
         raise DatasetError(f"No documents found at {spec.path}.")
     return docs
+
+
+def load_training_documents(
+    spec: DatasetSpec, exclude: set[str] | frozenset[str] = frozenset()
+) -> list[dict[str, str]]:
+    """What training reads: the built-in corpus's or a Hugging Face dataset's train split; otherwise every
+    document whose text is not in *exclude* (the evaluation documents), so a run never trains on what it is
+    scored on."""
+    if spec.kind == "builtin":
+        directory = builtin_corpus.ensure_built(builtin_corpus_dir())
+        rows = builtin_corpus.read_jsonl(directory / "train.jsonl")
+        return [{"text": d["text"], "source": d["source"]} for d in rows]
+    if spec.kind == "hf" and Path(spec.path).expanduser().exists():
+        rows = _from_hf_disk(Path(spec.path).expanduser(), spec, TRAINING_SPLITS)
+    else:
+        rows = load_documents(spec)
+    docs = [d for d in rows if d["text"] not in exclude]
+    if not docs:
+        raise DatasetError("Every document of the dataset is used for evaluation; none is left to train on.")
+    return docs
+
+
+def evaluation_texts(spec: DatasetSpec, tokenizer: Any, min_tokens: int, count: int) -> set[str]:
+    """The texts :func:`long_documents` picks for evaluation (for local datasets, kept out of training)."""
+    picked: set[str] = set()
+    for doc in _interleave_sources(load_documents(spec)):
+        if len(picked) == count:
+            break
+        if len(tokenizer(doc["text"], add_special_tokens=False)["input_ids"]) >= min_tokens:
+            picked.add(doc["text"])
+    return picked
 
 
 def inspect_dataset(spec: DatasetSpec) -> DatasetFacts:
@@ -154,3 +209,8 @@ def count_long_documents(spec: DatasetSpec, tokenizer_source: str, min_tokens: i
     submit with whatever longest length the user typed, pays the tokenization once per process.
     """
     return sum(n >= min_tokens for n in _token_lengths(spec, tokenizer_source))
+
+
+def count_tokens(spec: DatasetSpec, tokenizer_source: str) -> int:
+    """All tokens of the evaluation documents: what a needle haystack can be cut from."""
+    return sum(_token_lengths(spec, tokenizer_source))

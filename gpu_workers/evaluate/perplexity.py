@@ -1,4 +1,10 @@
-"""Perplexity against context length, *truncate* protocol (each document's first L tokens).
+"""Perplexity against context length, two protocols.
+
+*truncate*: each document's first L tokens in one window (the YaRN / LongRoPE proof-pile tables).
+*sliding*: the same first T tokens of every document (T = the longest length) scored with windows
+of L tokens moved by a stride, each window scoring only the tokens no earlier window scored (the PI /
+LongLoRA PG19 tables). Every length then scores the same tokens, so the curve shows only what
+the extra context buys; at L = T it is exactly the truncate number.
 
 For a RoPE that does not depend on the input length, causality makes the first L' positions of a
 pass at L identical to a pass at L', so one forward pass at the longest length yields every shorter
@@ -15,7 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gpu_workers.evaluate.stats import bootstrap_ci
 from gpu_workers.reporter import Cancelled, Measurement
+
+__all__ = ["bootstrap_ci", "perplexity_by_length", "sliding_perplexity_by_length", "token_losses"]
 
 LOSS_CHUNK = 2048
 """Positions per lm-head chunk: keeps full-vocabulary logits of a long window out of memory."""
@@ -50,18 +59,6 @@ def token_losses(model: torch.nn.Module, ids: Sequence[int], device: torch.devic
         logits = head(hidden[start : start + LOSS_CHUNK][: targets.numel() - start]).float()
         out.append(torch.nn.functional.cross_entropy(logits, targets[start : start + LOSS_CHUNK], reduction="none"))
     return torch.cat(out).cpu()
-
-
-def bootstrap_ci(doc_nll: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap over documents of exp(mean per-document NLL)."""
-    if len(doc_nll) < 2:
-        value = float(math.exp(doc_nll.mean()))
-        return value, value
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(doc_nll), size=(resamples, len(doc_nll)))
-    means = np.exp(doc_nll[picks].mean(axis=1))
-    tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
 def summarise(length: int, doc_nll: list[float], seed: int) -> LengthResult:
@@ -103,6 +100,62 @@ def perplexity_by_length(
             done += 1
             on_document(done, total)
     return [summarise(n, per_length[n], seed) for n in lengths]
+
+
+def sliding_document_nll(
+    model: torch.nn.Module, tokens: Sequence[int], window: int, stride: int, *, device: torch.device,
+    length_dependent: bool,
+) -> float:
+    """Mean NLL of tokens[1:] scored by windows of *window* tokens, *stride* apart."""
+    total, count, scored_until = 0.0, 0, 1
+    for begin in range(0, len(tokens), stride):
+        end = min(begin + window, len(tokens))
+        if length_dependent:
+            reset_rotary_cache(model)
+        losses = token_losses(model, tokens[begin:end], device)
+        # With stride == window a window's first token has no context inside it and stays unscored.
+        fresh = min(end - scored_until, losses.numel())
+        total += float(losses[-fresh:].double().sum())
+        count += fresh
+        scored_until = end
+        if end == len(tokens):
+            break
+    return total / count
+
+
+def sliding_perplexity_by_length(
+    model: torch.nn.Module,
+    documents: Sequence[Sequence[int]],
+    lengths: Sequence[int],
+    *,
+    stride: int,
+    device: torch.device,
+    length_dependent: bool,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_document: Callable[[int, int], None] = lambda done, total: None,
+    seed: int = 0,
+) -> list[LengthResult]:
+    """Sliding-window perplexity of each window length over every document's first max(lengths) tokens."""
+    lengths = sorted(set(lengths))
+    longest = lengths[-1]
+    if any(len(doc) < longest for doc in documents):
+        raise ValueError(f"every document needs at least {longest} tokens")
+    if not 1 <= stride <= lengths[0]:
+        raise ValueError(f"the stride must be between 1 and the shortest window ({lengths[0]})")
+    total = len(lengths) * len(documents)
+    done = 0
+    results = []
+    for window in lengths:
+        doc_nll = []
+        for doc in documents:
+            if should_stop():
+                raise Cancelled()
+            doc_nll.append(sliding_document_nll(model, doc[:longest], window, stride, device=device,
+                                                length_dependent=length_dependent))
+            done += 1
+            on_document(done, total)
+        results.append(summarise(window, doc_nll, seed))
+    return results
 
 
 def to_measurements(results: Sequence[LengthResult]) -> list[Measurement]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpu_workers.methods import base_change, llama3, longrope, none, ntk, pi, yarn
+from gpu_workers.methods import base_change, llama3, longrope, longrope_search, none, ntk, pi, yarn
 from gpu_workers.methods.base import Family, MethodError, Param, RopeFacts, RopeSetup, coerce, default_factor
 
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
-        none.FAMILY, pi.FAMILY, ntk.FIXED, ntk.DYNAMIC, yarn.FAMILY, llama3.FAMILY, longrope.FAMILY, base_change.FAMILY
+        none.FAMILY, pi.FAMILY, ntk.FIXED, ntk.DYNAMIC, yarn.FAMILY, llama3.FAMILY, longrope.FAMILY, base_change.FAMILY,
+        longrope_search.FAMILY, longrope_search.FAMILY2,
     )
 }
 

@@ -43,3 +43,37 @@
     wire(row);
   });
 })();
+
+// Training recipes: picking a preset fills the training fields with the paper's (scaled-down) settings.
+(function () {
+  "use strict";
+  var data = document.getElementById("training-presets");
+  var select = document.getElementById("id_train-preset");
+  if (!data || !select) { return; }
+  var presets = JSON.parse(data.textContent);
+  var paper = document.querySelector("[data-role='preset-paper']");
+  var defaults = {};
+  document.querySelectorAll("#training-recipe [name^='train-']").forEach(function (input) {
+    defaults[input.name] = input.type === "checkbox" ? input.defaultChecked : input.defaultValue;
+  });
+
+  function apply(key) {
+    var preset = presets[key];
+    if (!preset) { return; }
+    if (paper) { paper.textContent = preset.paper; }
+    document.querySelectorAll("#training-recipe [name^='train-']").forEach(function (input) {
+      var name = input.name.slice("train-".length);
+      if (name === "preset") { return; }
+      var value = Object.prototype.hasOwnProperty.call(preset.settings, name) ? preset.settings[name]
+        : defaults[input.name];
+      if (input.type === "checkbox") {
+        input.checked = Boolean(value);
+      } else if (value !== undefined && value !== null) {
+        input.value = String(value);
+      }
+    });
+  }
+
+  select.addEventListener("change", function () { apply(select.value); });
+  if (paper && presets[select.value]) { paper.textContent = presets[select.value].paper; }
+})();

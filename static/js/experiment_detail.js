@@ -99,6 +99,11 @@
     if (cancel) { cancel.hidden = !run.can_cancel; }
     var retry = row.querySelector("[data-role='retry']");
     if (retry) { retry.hidden = !run.can_retry; }
+    var produced = row.querySelector("[data-role='produced']");
+    if (produced && run.produced_method) {
+      produced.href = run.produced_method.url;
+      produced.hidden = false;
+    }
     var exportForm = row.querySelector("[data-role='export']");
     if (exportForm) { exportForm.hidden = run.status !== "succeeded"; }
     return true;
@@ -117,6 +122,7 @@
           return;
         }
         draw(payload.series, payload.original_context);
+        window.ContextLabEvaluations.draw(payload.charts, payload.original_context);
         if (payload.active) {
           window.setTimeout(poll, POLL_MS);
         }
@@ -126,6 +132,7 @@
 
   document.querySelectorAll("[data-role='log']").forEach(function (log) { log.scrollTop = log.scrollHeight; });
   draw(chartData.series, chartData.original_context);
+  window.ContextLabEvaluations.draw(chartData.charts, chartData.original_context);
   if (config && config.dataset.active === "1") {
     window.setTimeout(poll, POLL_MS);
   }

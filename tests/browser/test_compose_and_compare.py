@@ -38,6 +38,14 @@ def test_compose_run_and_see_the_chart(page: Any, live_server: Any, celery_worke
     page.fill("input[name$=target_length]", "1024")
     page.fill("input[name$=eval_lengths]", "256, 1024")
     page.fill("input[name$=eval_documents]", "4")
+    # The evaluation suite: everything is ticked by default; fewer passkey prompts and needles.
+    suite = page.locator("input[name='eval-suite']")
+    expect(suite).to_have_count(6)
+    for i in range(6):
+        expect(suite.nth(i)).to_be_checked()
+    page.fill("input[name='eval-passkey_samples']", "10")
+    page.fill("input[name='eval-needle_depths']", "0, 0.5, 1")
+    page.fill("input[name='eval-needle_samples']", "1")
     submit = page.locator("#composer button[type=submit]")
     # A factor of 1 is not an extension: the form says so next to the field and saves nothing.
     pi_row.locator("div.family-params[data-family=pi] input").first.fill("1")
@@ -46,6 +54,7 @@ def test_compose_run_and_see_the_chart(page: Any, live_server: Any, celery_worke
     expect(error.first).to_contain_text("greater than 1")
     assert Experiment.objects.count() == 0
     expect(page.locator("input[name$=target_length]")).to_have_value("1024")  # what was typed is kept
+    expect(page.locator("input[name='eval-passkey_samples']")).to_have_value("10")
 
     page.locator("[data-row]").nth(1).locator("div.family-params[data-family=pi] input").first.fill("4")
     submit.click()
@@ -64,6 +73,21 @@ def test_compose_run_and_see_the_chart(page: Any, live_server: Any, celery_worke
     assert len(traces) == 4 and all(list(x) == [256, 1024] for _, x in traces)
     shapes = page.evaluate("() => (document.getElementById('ppl-chart').layout.shapes || []).map(s => s.x0)")
     assert 256 in shapes, "the original context length is marked on the chart"
+    # Every evaluation is drawn for every method.
+    expect(page.locator("#passkey-chart .scatterlayer .trace")).to_have_count(4)
+    passkey = page.evaluate("() => document.getElementById('passkey-chart').data.map(t => [t.name, t.x, t.y])")
+    baseline = next(y for name, _, y in passkey if name == "None (baseline)")
+    assert baseline[0] >= 0.9 and baseline[1] <= 0.1, passkey
+    expect(page.locator("#needle-grid .chart")).to_have_count(4)
+    expect(page.locator("#needle-grid .chart").first.locator(".heatmaplayer")).to_have_count(1)
+    grid = page.evaluate("() => document.getElementById('needle-heatmap-0').data[0]")
+    assert list(grid["x"]) == ["256", "1024"] and list(grid["y"]) == [0, 0.5, 1]
+    expect(page.locator("#needle-ppl-chart .scatterlayer .trace")).to_have_count(4)
+    expect(page.locator("#retention-table tbody tr")).to_have_count(4)
+    expect(page.locator("#retention-table tbody tr").first.locator("td").nth(4)).to_have_text("1.000")
+    expect(page.locator("#time-chart .scatterlayer .trace")).to_have_count(4)
+    # Memory: the measured KV cache (markers) and the prediction (dashed) for every method.
+    expect(page.locator("#memory-chart .scatterlayer .trace")).to_have_count(8)
     # Beside the measurements, the theory: how much each RoPE dimension every method stretches.
     expect(page.locator("#scaling-compare .scatterlayer .trace")).to_have_count(4)
     ARTIFACTS.mkdir(exist_ok=True)

@@ -11,7 +11,7 @@ from gpu_workers import pipeline
 from gpu_workers.data.documents import DatasetError, count_long_documents, inspect_dataset, long_documents
 from gpu_workers.model_facts import ModelSourceError, inspect_model
 from gpu_workers.reporter import Cancelled, MemoryReporter
-from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec
+from gpu_workers.spec import EVALUATIONS, DatasetSpec, EvalSpec, MethodSpec, RunSpec
 
 
 def _spec(model: Path, corpus: Path, family: str = "yarn") -> RunSpec:
@@ -90,3 +90,18 @@ def test_directory_and_bad_jsonl_datasets(tmp_path: Path) -> None:
         inspect_dataset(DatasetSpec(kind="local", path=str(bad)))
     with pytest.raises(DatasetError, match="Nothing at"):
         inspect_dataset(DatasetSpec(kind="local", path=str(tmp_path / "none.jsonl")))
+
+
+def test_every_evaluation_is_cancellable_inside_its_loop(tiny_model_dir: Path, tiny_corpus: Path) -> None:
+    spec = _spec(tiny_model_dir, tiny_corpus)
+    for name in EVALUATIONS:
+        settings = {"suite": [name], "lengths": [256, 384], "passkey_samples": 3, "needle_samples": 1}
+        one = RunSpec.from_json({**spec.to_json(), "eval": {**spec.to_json()["eval"], **settings}})
+        counting = MemoryReporter()
+        pipeline.run(one, counting)
+        # Stop at the last check made inside the evaluation: nothing after it may be reported.
+        stopped = MemoryReporter(stop_after_checks=counting.checks - 1)
+        with pytest.raises(Cancelled):
+            pipeline.run(one, stopped)
+        assert f"{name}_seconds" not in {m.metric for m in stopped.measurements}, name
+        assert counting.checks > 3, f"{name} checks for a stop inside its loop"

@@ -38,7 +38,7 @@ def make_experiment(team: Team, user: Any, base_model: BaseModel, dataset: Datas
     """An experiment with *runs* runs (PI ×2, ×3, …) each measured at *lengths*."""
     experiment = Experiment.objects.create(
         team=team, created_by=user, name=name, base_model=base_model, dataset=dataset, target_length=max(lengths),
-        eval_lengths=list(lengths), eval_documents=2, training={"mode": "none"}, evaluations=["perplexity"],
+        eval_lengths=list(lengths), eval_documents=2, training={"mode": "none"}, evaluations={"suite": ["perplexity"]},
     )
     now = timezone.now()
     for i in range(runs):

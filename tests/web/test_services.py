@@ -55,7 +55,7 @@ def test_submit_writes_experiment_methods_runs_and_enqueues_on_commit(
     runs = list(experiment.runs.order_by("id"))
     assert [r.status for r in runs] == [Status.QUEUED, Status.QUEUED]
     assert [r.method.family for r in runs] == ["none", "pi"]
-    assert experiment.training == {"mode": "none"} and experiment.evaluations == ["perplexity"]
+    assert experiment.training == {"mode": "none"} and experiment.evaluations == {"suite": ["perplexity"]}
     assert no_broker.call_count == 0, "nothing is sent before the transaction commits"
     assert len(callbacks) == 2
     for callback in callbacks:

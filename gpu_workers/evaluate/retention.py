@@ -1,0 +1,79 @@
+"""Short-context retention: the extended model at the original length, against the base model.
+
+The base model's reference is computed from the *same* loaded weights with the rotary embeddings
+temporarily put back to the original RoPE (inverse frequencies, attention scaling 1, no dynamic
+switching) — no second copy of the model in memory, and, once training lands, the reference can be
+taken before the weights change. Ratios are "higher is better, 1 = fully retained": base perplexity /
+extended perplexity, extended passkey accuracy / base passkey accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from gpu_workers.reporter import Measurement
+
+
+def rotary_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "attention_scaling")]
+
+
+@contextmanager
+def original_rope(model: torch.nn.Module, inv_freq: list[float]) -> Iterator[None]:
+    """Run the model with plain RoPE of the given inverse frequencies; restore the method's RoPE after."""
+    saved = []
+    for module in rotary_modules(model):
+        saved.append((module, module.inv_freq.clone(), module.attention_scaling, module.rope_type,
+                      getattr(module, "max_seq_len_cached", None)))
+        module.inv_freq = torch.tensor(inv_freq, dtype=module.inv_freq.dtype, device=module.inv_freq.device)
+        module.attention_scaling = 1.0
+        module.rope_type = "default"
+    try:
+        yield
+    finally:
+        for module, freq, scaling, rope_type, cached in saved:
+            module.inv_freq = freq
+            module.attention_scaling = scaling
+            module.rope_type = rope_type
+            if cached is not None:
+                module.max_seq_len_cached = cached
+
+
+@dataclass(frozen=True)
+class Retention:
+    length: int
+    perplexity: float
+    base_perplexity: float
+    passkey: float | None = None
+    base_passkey: float | None = None
+
+    @property
+    def perplexity_ratio(self) -> float:
+        return self.base_perplexity / self.perplexity
+
+    @property
+    def passkey_ratio(self) -> float | None:
+        if self.passkey is None or not self.base_passkey:
+            return None
+        return self.passkey / self.base_passkey
+
+    def measurements(self, documents: int, passkey_samples: int | None) -> list[Measurement]:
+        n = self.length
+        out = [
+            Measurement("short_perplexity", self.perplexity, context_length=n, samples=documents),
+            Measurement("short_perplexity_base", self.base_perplexity, context_length=n, samples=documents),
+            Measurement("retention_perplexity", self.perplexity_ratio, context_length=n, samples=documents),
+        ]
+        if self.passkey is not None and self.base_passkey is not None:
+            out += [
+                Measurement("short_passkey", self.passkey, context_length=n, samples=passkey_samples),
+                Measurement("short_passkey_base", self.base_passkey, context_length=n, samples=passkey_samples),
+            ]
+            if self.passkey_ratio is not None:
+                out.append(Measurement("retention_passkey", self.passkey_ratio, context_length=n,
+                                       samples=passkey_samples))
+        return out

@@ -243,3 +243,29 @@ def test_a_factor_search_run_saves_its_factors_as_a_method_the_next_experiment_c
     rerun = _wait_terminal(api, again["runs"][0]["id"], celery_worker)
     assert rerun["method"]["id"] == saved.pk
     assert _ppl(rerun) == pytest.approx(_ppl(run), rel=1e-5)
+
+
+@pytest.mark.parametrize("scale", [4, 8])
+def test_searched_factors_beat_yarn_and_pi_at_the_same_factor_on_the_comparison_page(
+    api: Any, celery_worker: WorkerProcess, scale: int
+) -> None:
+    """Issue 6's acceptance, with the composer's default search (measured margins in docs/search.md)."""
+    target = 256 * scale
+    methods = [{"family": "longrope_search", "params": {"factor": scale}},
+               {"family": "yarn", "params": {"factor": scale}}, {"family": "pi", "params": {"factor": scale}}]
+    experiment = _submit(api, methods, target_length=target, eval_lengths=[256, target], eval_documents=16)
+    runs = [_wait_terminal(api, r["id"], celery_worker, timeout=600) for r in experiment["runs"]]
+    assert [r["status"] for r in runs] == ["succeeded"] * 3, runs
+
+    client, _ = api
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.get(username="demo"))
+    page = client.get(f"/experiments/{experiment['id']}/")
+    assert page.status_code == 200
+    status = client.get(f"/experiments/{experiment['id']}/status/").json()
+    series = {name: {length: value for length, value, *_ in points} for name, points in status["series"].items()}
+    searched, yarn, pi = (series[r["method"]["name"]][target] for r in runs)
+    for run in runs:
+        assert run["method"]["name"] in page.content.decode(), "every method is on the comparison page"
+    assert searched < yarn and searched < pi, (searched, yarn, pi)

@@ -957,22 +957,13 @@ def batched_token_losses(model: Any, windows: Sequence[Sequence[int]], device: A
     """
     import torch
 
-    from gpu_workers.evaluate.perplexity import LOSS_CHUNK
+    from gpu_workers.evaluate.perplexity import head_losses
 
     with torch.no_grad():
         input_ids = torch.tensor([list(w) for w in windows], device=device)
         hidden = model.base_model(input_ids=input_ids).last_hidden_state
         head = model.get_output_embeddings()
-        targets = input_ids[:, 1:]
-        count = targets.shape[1]
-        rows = []
-        for row in range(input_ids.shape[0]):
-            out = []
-            for start in range(0, count, LOSS_CHUNK):
-                end = min(start + LOSS_CHUNK, count)
-                logits = head(hidden[row, start:end]).float()
-                out.append(torch.nn.functional.cross_entropy(logits, targets[row, start:end], reduction="none"))
-            rows.append(torch.cat(out))
+        rows = [head_losses(head, hidden[row], input_ids[row, 1:]) for row in range(input_ids.shape[0])]
         return torch.stack(rows).cpu()
 
 

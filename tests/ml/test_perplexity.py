@@ -99,3 +99,19 @@ def test_stop_request_interrupts_between_documents(tiny_model_dir: Path) -> None
             loaded.model, _docs(loaded.model.config.vocab_size, 3, 64), [64], device=CPU.device,
             length_dependent=False, should_stop=lambda: next(calls),
         )
+
+
+def test_chunked_losses_equal_the_models_own_loss_across_chunk_borders(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = load(str(tiny_model_dir), MethodSpec("yarn", {"factor": 2}), 256, CPU)
+    ids = _docs(loaded.model.config.vocab_size, n=1)[0]
+    vocab = loaded.model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(perplexity, "CPU_CHUNK_LOGITS", 100 * vocab)  # 100 positions a chunk: 255 targets span 3
+    assert perplexity.loss_chunk(CPU.device, vocab) == 100
+    losses = perplexity.token_losses(loaded.model, ids, CPU.device)
+    with torch.no_grad():
+        reference = loaded.model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss
+    assert losses.shape == (255,)
+    assert losses.mean().item() == pytest.approx(reference.item(), rel=1e-5)
+    assert perplexity.loss_chunk(torch.device("cuda"), vocab) == perplexity.LOSS_CHUNK

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -25,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from benches.machine import cpu_model
 from gpu_workers.data.documents import long_documents
 from gpu_workers.demo import DEMO_MODEL_DIR
 from gpu_workers.device import Placement, place
@@ -35,17 +35,6 @@ from gpu_workers.spec import DatasetSpec, MethodSpec
 
 def parse_lengths(text: str) -> tuple[int, ...]:
     return tuple(sorted({int(n) for n in text.split(",")}))
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_line(placement: Placement) -> str:

@@ -876,13 +876,9 @@ def perplexity_fitness(
     """
     from gpu_workers.evaluate.perplexity import token_losses
 
-    if not documents:
-        raise ValueError("give at least one document")
-    if any(len(doc) < length for doc in documents):
-        raise ValueError(f"every document needs at least {length} tokens")
+    windows = _fitness_windows(documents, length)
     if device is None:
         device = next(model.parameters()).device
-    windows = [list(doc[:length]) for doc in documents]
 
     def fitness(candidate: Candidate) -> float:
         with rope_override(model, base, candidate):
@@ -949,6 +945,15 @@ def rope_override_rows(model: Any, base: RopeFacts, candidates: Sequence[Candida
                 module.forward = previous
 
 
+def _fitness_windows(documents: Sequence[Sequence[int]], length: int) -> list[list[int]]:
+    """Each document's first *length* tokens; every document must have them."""
+    if not documents:
+        raise ValueError("give at least one document")
+    if any(len(doc) < length for doc in documents):
+        raise ValueError(f"every document needs at least {length} tokens")
+    return [list(doc[:length]) for doc in documents]
+
+
 def batched_token_losses(model: Any, windows: Sequence[Sequence[int]], device: Any) -> torch.Tensor:
     """Next-token NLL (nats) of equal-length windows in one forward batch: (rows, length − 1), float32 on CPU.
 
@@ -977,13 +982,9 @@ def batched_perplexity_fitness(
     float rounding (about 1e-6 relative). Memory grows with K·D·length; :func:`search` hands it
     ``batch_candidates`` candidates at a time, so choose that to fit.
     """
-    if not documents:
-        raise ValueError("give at least one document")
-    if any(len(doc) < length for doc in documents):
-        raise ValueError(f"every document needs at least {length} tokens")
+    windows = _fitness_windows(documents, length)
     if device is None:
         device = next(model.parameters()).device
-    windows = [list(doc[:length]) for doc in documents]
 
     def fitness_many(candidates: list[Candidate]) -> list[float]:
         if not candidates:

@@ -42,8 +42,12 @@ SEARCH_MODES = {"longrope_search": "longrope", "longrope2_search": "longrope2"}
 NEEDLE_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 NEEDLES_PER_DEPTH = 2
 STATE_FILE = "search_state.json"
-BATCH_TOKENS = {"cpu": 16_384, "cuda": 65_536}
-"""Tokens per forward batch of candidates × documents (LongRoPE mode); other devices get the CPU budget."""
+BATCH_TOKENS = {"cpu": 0, "cuda": 65_536}
+"""Tokens per forward batch of candidates × documents (LongRoPE mode); other devices get the CPU budget.
+
+A CPU gets one candidate per batch: its cores are already busy with one candidate's documents, and on the
+demo model at 4× two candidates a batch ran at 0.96× and eight at 0.70× the one-at-a-time rate
+(benches/search_efficiency.py, docs/search.md). Batching is for a GPU that one candidate leaves idle."""
 
 
 def batch_candidates(device: Any, documents: int, length: int) -> int:

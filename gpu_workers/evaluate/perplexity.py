@@ -79,6 +79,14 @@ def head_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tens
     return torch.cat(out)
 
 
+def checked_lengths(documents: Sequence[Sequence[int]], lengths: Sequence[int]) -> list[int]:
+    """The distinct lengths, ascending; every document must hold the longest."""
+    ordered = sorted(set(lengths))
+    if any(len(doc) < ordered[-1] for doc in documents):
+        raise ValueError(f"every document needs at least {ordered[-1]} tokens")
+    return ordered
+
+
 def summarise(length: int, doc_nll: list[float], seed: int) -> LengthResult:
     values = np.asarray(doc_nll, dtype=np.float64)
     low, high = bootstrap_ci(values, seed=seed)
@@ -97,10 +105,8 @@ def perplexity_by_length(
     seed: int = 0,
 ) -> list[LengthResult]:
     """Perplexity of each length over the same documents (each at least max(lengths) tokens)."""
-    lengths = sorted(set(lengths))
+    lengths = checked_lengths(documents, lengths)
     longest = lengths[-1]
-    if any(len(doc) < longest for doc in documents):
-        raise ValueError(f"every document needs at least {longest} tokens")
     per_length: dict[int, list[float]] = {n: [] for n in lengths}
     passes = [(longest, lengths)] if not length_dependent else [(n, [n]) for n in lengths]
     total = len(passes) * len(documents)
@@ -154,10 +160,8 @@ def sliding_perplexity_by_length(
     seed: int = 0,
 ) -> list[LengthResult]:
     """Sliding-window perplexity of each window length over every document's first max(lengths) tokens."""
-    lengths = sorted(set(lengths))
+    lengths = checked_lengths(documents, lengths)
     longest = lengths[-1]
-    if any(len(doc) < longest for doc in documents):
-        raise ValueError(f"every document needs at least {longest} tokens")
     if not 1 <= stride <= lengths[0]:
         raise ValueError(f"the stride must be between 1 and the shortest window ({lengths[0]})")
     total = len(lengths) * len(documents)

@@ -473,6 +473,6 @@ def test_a_batched_search_on_the_demo_model_matches_the_one_at_a_time_one(
 def test_the_search_step_batches_by_a_token_budget() -> None:
     from gpu_workers.search_step import BATCH_TOKENS, batch_candidates
 
-    assert batch_candidates(torch.device("cpu"), 4, 1024) == BATCH_TOKENS["cpu"] // 4096
+    assert batch_candidates(torch.device("cpu"), 4, 1024) == 1, "batching candidates did not pay on a CPU"
     assert batch_candidates(torch.device("cpu"), 64, 4096) == 1  # never less than one candidate
     assert batch_candidates(torch.device("cuda"), 4, 1024) == BATCH_TOKENS["cuda"] // 4096

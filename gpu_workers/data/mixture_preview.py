@@ -8,12 +8,12 @@ uses, on less data.
 
 from __future__ import annotations
 
-import random
 from functools import lru_cache
 from typing import Any
 
 from gpu_workers.data import upsampling
 from gpu_workers.data.documents import load_training_documents
+from gpu_workers.data.training import shuffled_pool
 from gpu_workers.spec import DatasetSpec
 
 PREVIEW_TOKENS = 1_000_000
@@ -25,16 +25,7 @@ def sample(spec: DatasetSpec, tokenizer_source: str, budget: int = PREVIEW_TOKEN
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, local_files_only=True)
-    rows = load_training_documents(spec)
-    random.Random(f"preview:{seed}").shuffle(rows)
-    out, total = [], 0
-    for row in rows:
-        ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
-        out.append(upsampling.Doc(row["source"], tuple(ids)))
-        total += len(ids)
-        if total >= budget:
-            break
-    return tuple(out)
+    return tuple(shuffled_pool(load_training_documents(spec), tokenizer, budget, f"preview:{seed}"))
 
 
 def preview(spec: DatasetSpec, tokenizer_source: str, *, strategy: str, threshold: int, keep_short_p: float,

@@ -43,7 +43,12 @@ def _pool(spec: RunSpec, tokenizer: Any, tokens_wanted: int) -> list[upsampling.
     if spec.dataset.kind != "builtin":
         exclude = evaluation_texts(spec.dataset, tokenizer, max(spec.eval.lengths), spec.eval.documents)
     rows = load_training_documents(spec.dataset, exclude)
-    random.Random(f"pool:{spec.train.seed}").shuffle(rows)
+    return shuffled_pool(rows, tokenizer, tokens_wanted, f"pool:{spec.train.seed}")
+
+
+def shuffled_pool(rows: list[dict[str, Any]], tokenizer: Any, tokens_wanted: int, seed: str) -> list[upsampling.Doc]:
+    """Rows in a seeded random order, tokenized until *tokens_wanted* tokens: only what is used is tokenized."""
+    random.Random(seed).shuffle(rows)
     pool, total = [], 0
     for row in rows:
         ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,3 +41,14 @@ def page(browser: object) -> Iterator[object]:
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def log_in_as_demo(page: Any, live_server: Any) -> None:
+    """Seed the demo team and log in as its user, as a visitor would."""
+    from django.core.management import call_command
+
+    call_command("seed_demo", verbosity=0)
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", "demo")
+    page.fill("input[name=password]", "demo")
+    page.click("button[type=submit]")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.core.management import call_command
 from playwright.sync_api import expect
 
 from experiments.models import Experiment, Measurement
+from tests.browser.conftest import log_in_as_demo
 from tests.integration.conftest import ARTIFACTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -19,11 +19,7 @@ STEPS = "100"
 
 def test_fine_tune_at_four_times_and_see_pi_recover(page: Any, live_server: Any, celery_worker: Any,
                                                      demo_assets: Any) -> None:
-    call_command("seed_demo", verbosity=0)
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("input[name=username]", "demo")
-    page.fill("input[name=password]", "demo")
-    page.click("button[type=submit]")
+    log_in_as_demo(page, live_server)
     page.goto(f"{live_server.url}/experiments/new/")
 
     rows = page.locator("[data-row]")

@@ -29,7 +29,7 @@ from experiments.access import (
     visible_methods,
 )
 from experiments.api_auth import api_view
-from experiments.forms import MAX_METHOD_ROWS, Composer, EvaluationForm, TrainingForm
+from experiments.forms import MAX_METHOD_ROWS, BaseModelForm, Composer, EvaluationForm, TrainingForm
 from experiments.models import BaseModel, Dataset, Experiment, Method, Run, Team
 from gpu_workers.methods import FAMILIES
 from gpu_workers.spec import TrainSpec
@@ -53,6 +53,7 @@ def dataset_json(dataset: Dataset) -> dict[str, Any]:
     return {
         "id": dataset.pk, "name": dataset.name, "team": _ref(dataset.team), "kind": dataset.kind,
         "path": dataset.path, "text_field": dataset.text_field, "source_field": dataset.source_field,
+        "haystack_source": dataset.haystack_source, "haystack": dataset.haystack,
         "facts": dataset.facts,
     }
 
@@ -328,9 +329,22 @@ def leaderboard_csv(request: HttpRequest) -> HttpResponse:
     return leaderboard.csv_response(leaderboard.resolve(request.user, request.GET))
 
 
-@api_view("GET")
+@api_view("GET", "POST")
 def models(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"models": [base_model_json(m) for m in visible_base_models(request.user)]})
+    """GET: the models the user can see. POST {team, name, source}: register one (a directory or a .gguf file)."""
+    if request.method == "GET":
+        return JsonResponse({"models": [base_model_json(m) for m in visible_base_models(request.user)]})
+    body = _body(request)
+    if body is None:
+        return JsonResponse({"errors": {"__all__": ["The body must be a JSON object."]}}, status=400)
+    if not submit_teams_of(request.user).exists():
+        raise PermissionDenied("Registering a model needs the member or admin role in a team.")
+    form = BaseModelForm({key: body.get(key) for key in ("team", "name", "source")}, user=request.user)
+    if not form.is_valid():
+        return JsonResponse({"errors": {field: list(msgs) for field, msgs in form.errors.items()}}, status=400)
+    data = form.cleaned_data
+    model = services.register_base_model(request.user, data["team"], data["name"], data["source"], form.facts)
+    return JsonResponse(base_model_json(model), status=201)
 
 
 @api_view("GET")

@@ -36,20 +36,27 @@ class Row(NamedTuple):
     ci_low: float | None
     ci_high: float | None
     step: int | None = None
+    samples: int | None = None
 
 
 def _grid(cells: dict[tuple[int, float], dict[str, float]]) -> dict[str, Any]:
+    """Matrices indexed [depth][length]: exact and partial rates, and the needles behind each cell (for hover)."""
     lengths = sorted({n for n, _ in cells})
     depths = sorted({d for _, d in cells})
 
     def matrix(metric: str) -> list[list[float | None]]:
         return [[cells.get((n, d), {}).get(metric) for n in lengths] for d in depths]
 
-    return {"lengths": lengths, "depths": depths, "exact": matrix("needle_exact"), "partial": matrix("needle_partial")}
+    return {"lengths": lengths, "depths": depths, "exact": matrix("needle_exact"), "partial": matrix("needle_partial"),
+            "samples": matrix("samples")}
 
 
-def build(rows: Iterable[Row], methods: list[str]) -> dict[str, Any]:
-    """{"series": {chart: {method: [[length, value, low, high], …]}}, "needle": [...], "retention": [...]}."""
+def build(rows: Iterable[Row], methods: list[str], haystacks: dict[str, str] | None = None) -> dict[str, Any]:
+    """{"series": {chart: {method: [[length, value, low, high], …]}}, "needle": [...], "retention": [...]}.
+
+    *haystacks* maps a method to the dataset source its run's needle haystacks came from, shown with its grid.
+    """
+    haystacks = haystacks or {}
     series: dict[str, dict[str, list[list[Any]]]] = {chart: {} for chart in SERIES_METRICS}
     by_metric = {metric: chart for chart, metric in SERIES_METRICS.items()}
     grids: dict[str, dict[tuple[int, float], dict[str, float]]] = defaultdict(dict)
@@ -74,7 +81,10 @@ def build(rows: Iterable[Row], methods: list[str]) -> dict[str, Any]:
         if chart is not None and row.context_length is not None and row.depth is None:
             series[chart].setdefault(row.method, []).append([row.context_length, row.value, row.ci_low, row.ci_high])
         elif row.metric in GRID_METRICS and row.context_length is not None and row.depth is not None:
-            grids[row.method].setdefault((row.context_length, row.depth), {})[row.metric] = row.value
+            cell = grids[row.method].setdefault((row.context_length, row.depth), {})
+            cell[row.metric] = row.value
+            if row.samples is not None:
+                cell["samples"] = max(cell.get("samples", 0), row.samples)
         elif row.metric in RETENTION_METRICS:
             retention[row.method][row.metric] = row.value
             retention[row.method]["length"] = row.context_length
@@ -84,7 +94,8 @@ def build(rows: Iterable[Row], methods: list[str]) -> dict[str, Any]:
     order = {name: i for i, name in enumerate(methods)}
     return {
         "series": series,
-        "needle": [{"name": name, **_grid(grids[name])} for name in sorted(grids, key=lambda n: order.get(n, 1e9))],
+        "needle": [{"name": name, "haystack": haystacks.get(name, ""), **_grid(grids[name])}
+                   for name in sorted(grids, key=lambda n: order.get(n, 1e9))],
         "retention": [{"name": name, **retention[name]}
                       for name in sorted(retention, key=lambda n: order.get(n, 1e9))],
         "search": [_search(name, searches[name]) for name in sorted(searches, key=lambda n: order.get(n, 1e9))],

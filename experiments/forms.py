@@ -16,11 +16,15 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from experiments.access import submit_teams_of, visible_base_models, visible_datasets
+from experiments.model_sources import prepare_source
 from experiments.models import BaseModel, Dataset, Team, params_hash
+from gpu_workers.data import builtin_corpus
 from gpu_workers.data.documents import DatasetError, count_long_documents, count_tokens, inspect_dataset
 from gpu_workers.methods import FAMILIES, Family, MethodError, RopeFacts, validate
-from gpu_workers.model_facts import ModelSourceError, inspect_model
+from gpu_workers.model_facts import ModelSourceError
 from gpu_workers.spec import (
+    ALL_SOURCES,
+    BUILTIN_HAYSTACK_SOURCE,
     EVALUATIONS,
     NEEDLE_FORMATS,
     NEEDLE_VARIANTS,
@@ -57,7 +61,9 @@ class BaseModelForm(forms.Form):
     team = forms.ModelChoiceField(queryset=Team.objects.none())
     name = forms.CharField(max_length=120)
     source = forms.CharField(
-        max_length=500, help_text="A local model directory, or a Hugging Face id already in the local cache."
+        max_length=500,
+        help_text="A local model directory, a local .gguf file (converted once to safetensors), or a Hugging Face "
+                  "id already in the local cache.",
     )
 
     def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
@@ -66,9 +72,10 @@ class BaseModelForm(forms.Form):
         self.facts: dict[str, Any] = {}
 
     def clean_source(self) -> str:
-        source = self.cleaned_data["source"].strip()
         try:
-            self.facts = inspect_model(source).to_json()
+            prepared = prepare_source(self.cleaned_data["source"])
+            self.facts = prepared.facts
+            source = prepared.source
         except ModelSourceError as exc:
             raise ValidationError(str(exc)) from None
         except Exception as exc:  # a config transformers cannot parse is still the user's input problem
@@ -93,10 +100,18 @@ class DatasetForm(forms.Form):
     text_field = forms.CharField(max_length=100, initial="text")
     source_field = forms.CharField(max_length=100, initial="source",
                                    help_text="The field naming each document's domain (optional in the data).")
+    haystack_source = forms.CharField(
+        max_length=100, required=False, label="Needle haystack source",
+        help_text=f"Which source's documents fill needle-in-a-haystack prompts: a source value in the data, or "
+                  f"“{ALL_SOURCES}”. Blank = “{BUILTIN_HAYSTACK_SOURCE}” for the built-in corpus, every document "
+                  f"otherwise.",
+    )
 
     def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["team"] = TeamField(user, initial=_default_team(user))
+        # The built-in corpus's sources are known before it is read: offer them as suggestions.
+        self.fields["haystack_source"].widget.attrs["list"] = "haystack-sources"
         self.facts: dict[str, Any] = {}
 
     def clean(self) -> dict[str, Any]:
@@ -117,13 +132,49 @@ class DatasetForm(forms.Form):
             return data
         self.facts = {"documents": facts.documents, "chars_by_source": facts.chars_by_source,
                       "docs_by_source": facts.docs_by_source}
+        data["haystack_source"] = (data.get("haystack_source") or "").strip()
+        problem = haystack_source_problem(data["haystack_source"], sorted(facts.docs_by_source))
+        if problem:
+            self.add_error("haystack_source", problem)
         team, name = data.get("team"), data.get("name")
         if team and name and Dataset.objects.filter(team=team, name=name).exists():
             self.add_error("name", f"{team} already has a dataset named “{name}”.")
         return data
 
+    @property
+    def haystack_suggestions(self) -> tuple[str, ...]:
+        """Sources known before any data is read: the built-in corpus's, and "all"."""
+        return (*builtin_corpus.SOURCES, ALL_SOURCES)
+
     def dataset_fields(self) -> dict[str, Any]:
-        return {key: self.cleaned_data[key] for key in ("name", "kind", "path", "text_field", "source_field")}
+        return {key: self.cleaned_data[key]
+                for key in ("name", "kind", "path", "text_field", "source_field", "haystack_source")}
+
+
+def haystack_source_problem(value: str, sources: list[str]) -> str:
+    """Why *value* cannot be a dataset's haystack source ('' if it can): it must name a source its documents
+    carry, so a typo is refused here rather than failing every needle run later."""
+    if not value or value == ALL_SOURCES or value in sources:
+        return ""
+    listed = ", ".join(f"“{s}”" for s in sources) or "none"
+    return f"The data has no documents from source “{value}”. Its sources: {listed}; or “{ALL_SOURCES}”."
+
+
+class HaystackSourceForm(forms.Form):
+    """The dataset page's choice of haystack source, among the sources counted when it was registered."""
+
+    haystack_source = forms.ChoiceField(label="Needle haystack source", required=False)
+
+    def __init__(self, *args: Any, dataset: Dataset, **kwargs: Any) -> None:
+        kwargs.setdefault("initial", {"haystack_source": dataset.haystack_source})
+        super().__init__(*args, **kwargs)
+        default = BUILTIN_HAYSTACK_SOURCE if dataset.kind == Dataset.Kind.BUILTIN else ALL_SOURCES
+        choices = [("", f"Default ({default})"), (ALL_SOURCES, "All sources")]
+        counts = dataset.facts.get("docs_by_source") or {}
+        choices += [(s, f"{s} ({counts[s]} documents)") for s in dataset.sources if s != ALL_SOURCES]
+        if dataset.haystack_source and dataset.haystack_source not in dict(choices):
+            choices.append((dataset.haystack_source, f"{dataset.haystack_source} (not in the data)"))
+        self.fields["haystack_source"].choices = choices
 
 
 # --- the experiment composer ----------------------------------------------------------------------------

@@ -76,13 +76,7 @@ class BaseModel(models.Model):
 
     def rope_facts(self) -> RopeFacts:
         """What ``gpu_workers.methods.validate`` needs to know about this model."""
-        return RopeFacts(
-            has_rope=self.has_rope,
-            head_dim=self.head_dim,
-            rope_theta=self.rope_theta,
-            original_context=self.original_context,
-            rope_type=str(self.facts.get("rope_type", "default")),
-        )
+        return RopeFacts.from_facts(self.facts)
 
     def apply_facts(self, facts: dict[str, Any]) -> None:
         """Store ``ModelFacts.to_json()`` and the columns denormalised from it for filtering."""
@@ -109,6 +103,11 @@ class Dataset(models.Model):
     path = models.CharField(max_length=500, blank=True)
     text_field = models.CharField(max_length=100, default="text")
     source_field = models.CharField(max_length=100, default="source")
+    haystack_source = models.CharField(
+        max_length=100, blank=True,
+        help_text="The source whose documents fill needle haystacks, or “all”; blank = prose for the built-in "
+                  "corpus, every document otherwise.",
+    )
     facts = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
@@ -119,7 +118,18 @@ class Dataset(models.Model):
         return self.name
 
     def spec(self) -> DatasetSpec:
-        return DatasetSpec(kind=self.kind, path=self.path, text_field=self.text_field, source_field=self.source_field)
+        return DatasetSpec(kind=self.kind, path=self.path, text_field=self.text_field, source_field=self.source_field,
+                           haystack_source=self.haystack_source)
+
+    @property
+    def haystack(self) -> str:
+        """The haystack source in effect (the default resolved), as the worker will read it."""
+        return self.spec().haystack
+
+    @property
+    def sources(self) -> list[str]:
+        """The source values its documents carry, as counted when it was registered."""
+        return sorted(self.facts.get("docs_by_source") or {})
 
 
 def params_hash(params: dict[str, Any]) -> str:
@@ -212,6 +222,10 @@ class Run(models.Model):
     produced_method = models.ForeignKey(
         "Method", null=True, blank=True, on_delete=models.SET_NULL, related_name="produced_by",
         help_text="A method this run made, e.g. the LongRoPE factors a search found.",
+    )
+    haystack_source = models.CharField(
+        max_length=100, blank=True,
+        help_text="The dataset source that filled this attempt's needle haystacks (blank: no needle evaluation).",
     )
 
     class Meta:

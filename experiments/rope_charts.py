@@ -195,3 +195,35 @@ def scaling_limits(runs: Iterable[Run], base_model: BaseModel, target_length: in
         if limit is not None:
             limits.append(limit)
     return limits
+
+
+@lru_cache(maxsize=256)
+def _shipped_wavelengths(base: RopeFacts) -> tuple[float, ...]:
+    """2π / inv_freq of the checkpoint as shipped (its own scaling included), per rotary pair.
+
+    Cached per facts because transformers builds the frequencies and a model page is visited again and again.
+    """
+    return tuple(2 * math.pi / f for f in rope_theory.original_frequencies(base))
+
+
+def model_chart(base_model: BaseModel) -> dict[str, Any]:
+    """The model page's chart: wavelength per rotary pair, the original context and the critical dimension.
+
+    Drawn at the original context (no target: the page is about the checkpoint, not an experiment). For a
+    checkpoint that ships its own scaling the shipped wavelengths come too, so the reader sees what *none* runs.
+    """
+    base = rope_facts(base_model)
+    if base is None:
+        return {"error": f"{base_model.name} has no rotary position embedding; there are no wavelengths to draw."}
+    shipped: dict[str, Any] | None = None
+    if base.has_scaling:
+        try:
+            shipped = {"rope_type": base.rope_type, "wavelengths": [_round(w) for w in _shipped_wavelengths(base)]}
+        except (MethodError, ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
+            shipped = {"rope_type": base.rope_type, "wavelengths": [],
+                       "error": f"Could not compute the shipped {base.rope_type} frequencies: {exc}"}
+    return {
+        "model": base_model.name,
+        "axes": asdict(axes(base, base.original_context)),
+        "shipped": shipped,
+    }

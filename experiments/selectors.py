@@ -72,10 +72,10 @@ def experiment_detail(experiment: Experiment) -> ExperimentDetail:
             series[run.method.name] = sorted(points)
     rows = (
         evaluation_charts.Row(run.method.name, m.metric, m.context_length, m.depth, m.value, m.ci_low, m.ci_high,
-                              m.step)
+                              m.step, m.samples)
         for run in runs for m in run.measurement_list
     )
-    charts = evaluation_charts.build(rows, [run.method.name for run in runs])
+    charts = evaluation_charts.build(rows, [run.method.name for run in runs], _haystacks(runs))
     return ExperimentDetail(experiment, runs, series, charts)
 
 
@@ -84,9 +84,16 @@ def evaluation_chart_data(experiment: Experiment, runs: list[Run]) -> dict[str, 
     rows = (
         Measurement.objects.filter(run__experiment=experiment)
         .order_by("run_id", "metric", "context_length", "id")
-        .values_list("run__method__name", "metric", "context_length", "depth", "value", "ci_low", "ci_high", "step")
+        .values_list("run__method__name", "metric", "context_length", "depth", "value", "ci_low", "ci_high", "step",
+                     "samples")
     )
-    return evaluation_charts.build((evaluation_charts.Row(*row) for row in rows), [r.method.name for r in runs])
+    return evaluation_charts.build((evaluation_charts.Row(*row) for row in rows), [r.method.name for r in runs],
+                                   _haystacks(runs))
+
+
+def _haystacks(runs: list[Run]) -> dict[str, str]:
+    """{method label: the source its run's needle haystacks came from}, for runs that recorded one."""
+    return {run.method.name: run.haystack_source for run in runs if run.haystack_source}
 
 
 def comparison_series(experiment: Experiment, metric: str = "perplexity") -> dict[str, list[Point]]:
@@ -166,6 +173,7 @@ def run_payload(run: Run, log_lines: int | None = STATUS_LOG_LINES) -> dict[str,
         "duration_s": run.duration_s,
         "can_cancel": run.is_active,
         "can_retry": run.is_retryable,
+        "haystack_source": run.haystack_source,
         "produced_method": (
             {"id": run.produced_method_id, "url": reverse("method_detail", args=[run.produced_method_id])}
             if run.produced_method_id else None
@@ -313,3 +321,12 @@ def measurement_rows(experiment: Experiment) -> Iterator[dict[str, Any]]:
 
 def _iso(moment: Any) -> str | None:
     return moment.isoformat() if moment else None
+
+
+def experiments_using_model(user: Any, base_model: BaseModel) -> list[Experiment]:
+    """The model page's list: the user's teams' experiments on *base_model*, newest first, with run counts.
+
+    One query whatever the number of experiments (the dashboard's annotated list, narrowed to the model), so
+    a shared model that every team uses does not leak another team's experiments nor cost a query per row.
+    """
+    return list(experiments_for_user(user).filter(base_model=base_model))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -155,6 +156,13 @@ def run_spec_for(run: Run) -> RunSpec:
     )
 
 
+def record_haystack_source(run_id: str, spec: RunSpec) -> None:
+    """Note on the run which source fills its needle haystacks, taken from the very spec the pipeline reads,
+    so the chart names what this attempt used even if the dataset's setting changes later."""
+    if any(spec.eval.wants(e) for e in ("needle", "needle_perplexity")):
+        Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(haystack_source=spec.dataset.haystack[:100])
+
+
 def finish_run(run_id: str, status: str, error: str = "") -> bool:
     """running → a final status; False if the run was no longer running (e.g. swept)."""
     fields: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "error": error}
@@ -176,6 +184,7 @@ def execute_run(run_id: str, worker: str = "") -> str:
         with reporter.heartbeat():
             reporter.log(f"attempt {run.attempt} on {worker or 'unknown worker'}")
             spec = run_spec_for(run)
+            record_haystack_source(run_id, spec)
             from gpu_workers import pipeline
 
             pipeline.run(spec, reporter)
@@ -304,6 +313,7 @@ def retry_run(user: Any, run: Run) -> Run:
             started_at=None,
             finished_at=None,
             error="",
+            haystack_source="",
             attempt=F("attempt") + 1,
         )
         if retried:
@@ -384,9 +394,19 @@ def export_checkpoint(user: Any, run: Run) -> Artifact:
 
 
 def register_base_model(user: Any, team: Team | None, name: str, source: str, facts: dict[str, Any]) -> BaseModel:
-    if team is not None:
+    """Save a model whose facts were read by ``model_sources.prepare_source``; ``user`` None = the operator
+    at the shell (``manage.py register_model``), who may register for any team or for everyone."""
+    if team is not None and user is not None:
         require_submit(user, team)
     model = BaseModel(team=team, name=name, source=source)
+    model.apply_facts(facts)
+    model.save()
+    return model
+
+
+def update_base_model(model: BaseModel, source: str, facts: dict[str, Any]) -> BaseModel:
+    """Re-read a model's facts (the operator re-registered it); experiments keep pointing at the row."""
+    model.source = source
     model.apply_facts(facts)
     model.save()
     return model
@@ -396,6 +416,20 @@ def register_dataset(user: Any, team: Team | None, fields: dict[str, Any], facts
     if team is not None:
         require_submit(user, team)
     return Dataset.objects.create(team=team, facts=facts, **fields)
+
+
+def set_dataset_haystack_source(user: Any, dataset: Dataset, haystack_source: str) -> Dataset:
+    """Change which source fills the dataset's needle haystacks (later runs; a run records what it used).
+
+    A team's dataset is changed by its members and admins; a shared one, seen by every team, by staff only.
+    """
+    if dataset.team is not None:
+        require_submit(user, dataset.team)
+    elif not getattr(user, "is_staff", False):
+        raise PermissionDenied("Shared datasets are changed by staff.")
+    dataset.haystack_source = haystack_source
+    dataset.save(update_fields=["haystack_source"])
+    return dataset
 
 
 # --- API tokens ----------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ change state are POST-only; viewers may look but get 403 on anything that writes
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 from django.contrib import messages
@@ -33,10 +34,11 @@ from experiments.forms import (
     BaseModelForm,
     Composer,
     DatasetForm,
+    HaystackSourceForm,
     MixturePreviewForm,
     ScalingChartForm,
 )
-from experiments.models import ApiToken
+from experiments.models import ApiToken, BaseModel
 from gpu_workers.data.mixture_preview import preview
 from gpu_workers.methods import FAMILIES
 from gpu_workers.methods.longrope_files import format_factors
@@ -163,6 +165,17 @@ def run_export_zip(request: HttpRequest, run_id: str) -> StreamingHttpResponse:
     return checkpoints.download(run, selectors.checkpoint_artifact(run))
 
 
+@login_required
+@require_GET
+def run_spec(request: HttpRequest, run_id: str) -> HttpResponse:
+    """The run's ``RunSpec.to_json()``, built as the worker builds it, so ``python -m gpu_workers run`` replays it."""
+    run = run_for(request.user, run_id)
+    response = HttpResponse(json.dumps(services.run_spec_for(run).to_json(), indent=2) + "\n",
+                            content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="run-{run.uuid}-spec.json"'
+    return response
+
+
 # --- catalogue ------------------------------------------------------------------------------------------
 
 
@@ -226,7 +239,32 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
                  "long_after": after.get(name, {}).get("long_token_share", 0.0)} for name in sorted(before)]
     return render(request, "experiments/dataset_detail.html", {
         "dataset": dataset, "form": form, "mixture": mixture, "mixture_rows": rows, "error": error,
+        "haystack_form": HaystackSourceForm(dataset=dataset), "can_edit": _can_edit_dataset(request.user, dataset),
     })
+
+
+def _can_edit_dataset(user: object, dataset: object) -> bool:
+    """A team's members and admins change its datasets; staff change the shared ones (as services enforces)."""
+    team = getattr(dataset, "team", None)
+    return can_submit(user, team) if team is not None else bool(getattr(user, "is_staff", False))
+
+
+@login_required
+@require_POST
+def dataset_haystack(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    """Choose which source fills the dataset's needle haystacks; a bad choice re-renders the page with its error."""
+    dataset = get_object_or_404(visible_datasets(request.user), pk=dataset_id)
+    if not _can_edit_dataset(request.user, dataset):
+        raise PermissionDenied("You cannot change this dataset.")
+    haystack_form = HaystackSourceForm(request.POST, dataset=dataset)
+    if haystack_form.is_valid():
+        services.set_dataset_haystack_source(request.user, dataset, haystack_form.cleaned_data["haystack_source"])
+        messages.success(request, f"Needle haystacks of {dataset.name} now come from “{dataset.haystack}” documents.")
+        return redirect("dataset_detail", dataset_id=dataset.pk)
+    return render(request, "experiments/dataset_detail.html", {
+        "dataset": dataset, "form": MixturePreviewForm(user=request.user), "mixture": None, "mixture_rows": [],
+        "error": "", "haystack_form": haystack_form, "can_edit": True,
+    }, status=400)
 
 
 @login_required
@@ -333,3 +371,48 @@ def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     services.revoke_api_tokens(request.user, [token.pk])
     messages.info(request, f"Revoked {token.name}.")
     return redirect("token_list")
+
+
+# --- model page -----------------------------------------------------------------------------------------
+
+
+def _model_facts(base_model: BaseModel) -> dict[str, object]:
+    """The stored facts with every key the page shows: rows registered before issue 10 lack the newer ones.
+
+    Missing keys are filled from ``RopeFacts`` (which already reads old rows with defaults), so an old plain-RoPE
+    row shows rotary dim = head dim and rope type "default" rather than blanks.
+    """
+    stored = dict(base_model.facts or {})
+    rope = base_model.rope_facts()
+    return {
+        **stored,
+        "head_dim": stored.get("head_dim") or rope.head_dim,
+        "head_dim_explicit": bool(stored.get("head_dim_explicit")),
+        "partial_rotary_factor": float(stored.get("partial_rotary_factor") or rope.partial_rotary_factor),
+        "rotary_dim": stored.get("rotary_dim") or rope.rotary_dim,
+        "rotary_pairs": int(stored.get("rotary_dim") or rope.rotary_dim) // 2,
+        "rope_type": stored.get("rope_type") or rope.rope_type,
+        "rope_parameters": json.dumps(stored.get("rope_parameters") or (rope.shipped if rope.has_rope else {}),
+                                      sort_keys=True),
+        "original_context": stored.get("original_context") or rope.original_context,
+        "max_position_embeddings": stored.get("max_position_embeddings") or rope.shipped_max_position_embeddings,
+    }
+
+
+@login_required
+@require_GET
+def model_detail(request: HttpRequest, model_id: int) -> HttpResponse:
+    """One base model: the facts read from its config, its per-pair wavelengths and the experiments that used it.
+
+    Shared models and the user's teams' models only (others are 404); the experiment list is narrowed to the
+    user's teams, so a shared model never shows who else ran what on it.
+    """
+    base_model = get_object_or_404(visible_base_models(request.user), pk=model_id)
+    rope = base_model.rope_facts()
+    return render(request, "experiments/model_detail.html", {
+        "model": base_model,
+        "facts": _model_facts(base_model),
+        "ships_scaling": rope.has_scaling,
+        "chart": rope_charts.model_chart(base_model),
+        "experiments": selectors.experiments_using_model(request.user, base_model),
+    })

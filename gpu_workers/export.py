@@ -21,6 +21,28 @@ from gpu_workers.spec import MethodSpec
 METADATA_FILE = "context_lab.json"
 
 
+class ExportError(ValueError):
+    """The method applied to this architecture makes a config plain transformers would refuse to load."""
+
+
+def _check_reloadable(config: object) -> None:
+    """Phi-3's config, for one, accepts only ``default`` and ``longrope`` RoPE: say so before writing weights."""
+    import tempfile
+
+    from transformers import AutoConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            config.save_pretrained(tmp)  # type: ignore[attr-defined]
+            AutoConfig.from_pretrained(tmp)
+        except Exception as exc:  # transformers wraps its validators' errors in several types
+            cause = str(getattr(exc, "__cause__", None) or exc).strip().splitlines()[-1]
+            raise ExportError(
+                f"plain transformers would refuse to load this export ({type(config).__name__}: {cause}); "
+                "the method runs in Context Lab, but this architecture's config cannot store it"
+            ) from None
+
+
 def _source_dtype(source: str) -> torch.dtype:
     from transformers import AutoConfig
 
@@ -33,8 +55,9 @@ def _source_dtype(source: str) -> torch.dtype:
 def export_checkpoint(source: str, method: MethodSpec, target_length: int, out_dir: str | Path) -> Path:
     """Write ``source`` with ``method`` applied for ``target_length`` tokens to ``out_dir``; returns it."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     loaded = load(source, method, target_length, Placement(torch.device("cpu"), _source_dtype(source)))
+    _check_reloadable(loaded.model.config)
+    out.mkdir(parents=True, exist_ok=True)
     loaded.model.save_pretrained(out)
     loaded.tokenizer.save_pretrained(out)
     metadata = {

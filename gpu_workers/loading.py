@@ -2,7 +2,8 @@
 
 The method is applied through the config (transformers v5 ``rope_parameters``) before the weights
 load, so the rotary embedding is built once, the way ``from_pretrained`` of an exported
-checkpoint would build it.
+checkpoint would build it. *none* leaves the config untouched: the baseline is the checkpoint exactly
+as ``AutoModelForCausalLM.from_pretrained`` gives it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from gpu_workers import methods
 from gpu_workers.device import Placement
+from gpu_workers.methods.base import SCALING_KEYS
 from gpu_workers.model_facts import ModelFacts, inspect_model
 from gpu_workers.spec import MethodSpec
 
@@ -33,8 +35,18 @@ def load(source: str, method: MethodSpec, target_length: int, placement: Placeme
     params = methods.validate(method.family, method.params, facts.rope, target_length)
     setup = methods.get(method.family).build(facts.rope, target_length, params)
     config = AutoConfig.from_pretrained(source, local_files_only=True)
-    config.rope_parameters = dict(setup.rope_parameters)
-    config.max_position_embeddings = setup.max_position_embeddings
+    if method.family != "none":
+        # Merged, not replaced: keys the family does not own (rotary fraction, …) come from the checkpoint.
+        config.rope_parameters = {**config.rope_parameters, **setup.rope_parameters}
+        for key in set(config.rope_parameters) - set(setup.rope_parameters):
+            if key in SCALING_KEYS:
+                del config.rope_parameters[key]
+        config.max_position_embeddings = setup.max_position_embeddings
+        if hasattr(config, "original_max_position_embeddings"):
+            # Phi-3's config attribute wins over rope_parameters in transformers; keep the two in step.
+            config.original_max_position_embeddings = setup.rope_parameters.get(
+                "original_max_position_embeddings", facts.original_context
+            )
     model = AutoModelForCausalLM.from_pretrained(
         source, config=config, dtype=placement.dtype, attn_implementation="sdpa", local_files_only=True
     )

@@ -22,7 +22,7 @@ from gpu_workers.evaluate import memory, needle, passkey, perplexity
 from gpu_workers.evaluate.retention import Retention, original_rope
 from gpu_workers.loading import LoadedModel, load
 from gpu_workers.reporter import Cancelled, Measurement, Reporter
-from gpu_workers.rope_theory import original_frequencies
+from gpu_workers.rope_theory import original_frequencies, original_rotary
 from gpu_workers.spec import EVALUATIONS, MIN_PROMPT_LENGTH, MethodSpec, RunSpec
 
 LOAD_SHARE = 0.1
@@ -99,7 +99,9 @@ def _needle_setup(ctx: Context, variant: str) -> tuple[NeedleBuilder, list[int],
     ev = ctx.spec.eval
     builder = NeedleBuilder(ctx.loaded.tokenizer, fmt=ev.needle_format, variant=variant, count=ev.needle_count,
                             seed=ctx.spec.seed)
-    stream = haystack_stream(ctx.spec.dataset, ctx.loaded.tokenizer, max(ev.lengths))
+    # Seeded by the run's seed: every run of an experiment reads the same haystack, so cells compare methods.
+    stream = haystack_stream(ctx.spec.dataset, ctx.loaded.tokenizer, max(ev.lengths), seed=ctx.spec.seed)
+    ctx.reporter.log(f"needle haystack: {ctx.spec.dataset.haystack!r} documents, shuffled with seed {ctx.spec.seed}")
     tasks = needle.grid_tasks(builder, stream, ev.lengths, ev.needle_depths, ev.needle_samples)
     return builder, builder.prefix(stream), tasks
 
@@ -145,7 +147,7 @@ def _short_context(ctx: Context) -> tuple[float, float | None]:
 
 def _base_reference(ctx: Context) -> tuple[float, float | None]:
     """The base model's short-context numbers: these weights with the original RoPE."""
-    with original_rope(ctx.model, original_frequencies(ctx.loaded.facts.rope)):
+    with original_rope(ctx.model, *original_rotary(ctx.loaded.facts.rope)):
         return _short_context(ctx)
 
 

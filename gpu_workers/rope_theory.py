@@ -150,19 +150,36 @@ def setup_frequencies(setup: RopeSetup, base: RopeFacts, seq_len: int | None = N
 
 
 def original_frequencies(base: RopeFacts) -> list[float]:
-    """The base model's own inv_freq, computed by transformers as for any method."""
+    """The checkpoint's own inv_freq as shipped (its scaling included), computed by transformers.
+
+    For a length-dependent shipped scaling (Phi-3's LongRoPE) this is what a freshly loaded model starts
+    from: the short factors.
+    """
+    return original_rotary(base)[0]
+
+
+def original_rotary(base: RopeFacts) -> tuple[list[float], float]:
+    """(inv_freq, attention scaling) of the checkpoint as shipped, at its original context."""
     from gpu_workers.methods.none import FAMILY
 
-    return setup_frequencies(FAMILY.build(base, base.original_context, {}), base)[0]
+    return setup_frequencies(FAMILY.build(base, base.original_context, {}), base)
+
+
+def plain_frequencies(base: RopeFacts) -> list[float]:
+    """Plain RoPE at the checkpoint's θ over its rotary dims: the reference every scaling is drawn against."""
+    from gpu_workers.methods.base import RopeSetup, with_theta
+
+    return setup_frequencies(RopeSetup(with_theta(base, rope_type="default"), base.original_context), base)[0]
 
 
 def effective_scaling(
     family: str, params: dict[str, Any], base: RopeFacts, target_length: int, seq_len: int | None = None
 ) -> list[float]:
-    """Per pair: original inv_freq / new inv_freq — how much each RoPE dimension is interpolated.
+    """Per pair: plain-RoPE inv_freq / new inv_freq — how much each RoPE dimension is interpolated.
 
-    1 = left as trained, s = squeezed like PI ×s, < 1 = turned faster. Length-dependent families are
-    evaluated at ``seq_len`` (default ``target_length``).
+    1 = plain RoPE at θ, s = squeezed like PI ×s, < 1 = turned faster. The reference is plain RoPE, not the
+    checkpoint's own scaling, so *none* on a Llama-3.1 checkpoint draws its shipped ``llama3`` curve.
+    Length-dependent families are evaluated at ``seq_len`` (default ``target_length``).
     """
     new, _ = rope_frequencies(family, params, base, target_length, target_length if seq_len is None else seq_len)
-    return [old / fresh for old, fresh in zip(original_frequencies(base), new, strict=True)]
+    return [old / fresh for old, fresh in zip(plain_frequencies(base), new, strict=True)]

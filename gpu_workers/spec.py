@@ -26,16 +26,34 @@ class MethodSpec:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+ALL_SOURCES = "all"
+"""A haystack source meaning every document of the dataset, whatever its source."""
+BUILTIN_HAYSTACK_SOURCE = "prose"
+"""The demo corpus's natural-language source: its ``code`` documents make a haystack of Python source."""
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     kind: str = "builtin"
     path: str = ""
     text_field: str = "text"
     source_field: str = "source"
+    haystack_source: str = ""
+    """Which source's documents fill needle haystacks: a source value in the data, ``"all"``, or blank for
+    the default (:attr:`haystack`). Specs written before this field existed read as blank."""
 
     def __post_init__(self) -> None:
         if self.kind not in DATASET_KINDS:
             raise ValueError(f"dataset kind must be one of {DATASET_KINDS}, not {self.kind!r}")
+        object.__setattr__(self, "haystack_source", str(self.haystack_source or "").strip())
+
+    @property
+    def haystack(self) -> str:
+        """The haystack source in effect: the chosen one, else prose for the demo corpus and every document
+        for a user's data (whose source names we cannot guess)."""
+        if self.haystack_source:
+            return self.haystack_source
+        return BUILTIN_HAYSTACK_SOURCE if self.kind == "builtin" else ALL_SOURCES
 
 
 class EvalSpecError(ValueError):

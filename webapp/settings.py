@@ -205,6 +205,14 @@ CONTEXTLAB_HEARTBEAT_TIMEOUT = env_int("CONTEXTLAB_HEARTBEAT_TIMEOUT", 120)
 CONTEXTLAB_HEARTBEAT_INTERVAL = float(env_str("CONTEXTLAB_HEARTBEAT_INTERVAL", "5"))
 """Seconds between heartbeats written by a worker while its run executes."""
 CONTEXTLAB_LOG_TAIL_LINES = 50
+CONTEXTLAB_MODEL_ROOTS = [
+    Path(p).expanduser().resolve()
+    for p in env_list("CONTEXTLAB_MODEL_ROOTS", [str(DATA_DIR), str(BASE_DIR / "gpu_workers" / "demo" / "model")])
+]
+"""Folders under which the form and the API accept local model paths, so a user cannot make the server read
+arbitrary files; ``manage.py register_model`` trusts its operator and skips the check."""
+CONTEXTLAB_GGUF_TIMEOUT = env_int("CONTEXTLAB_GGUF_TIMEOUT", 1800)
+"""Seconds a GGUF conversion (de-quantising in a subprocess) may take before registration gives up."""
 CONTEXTLAB_DEVICE = env_str("CONTEXTLAB_DEVICE", "auto")
 """The RunSpec device: ``auto`` (CUDA when the worker has it), ``cpu`` or ``cuda``."""
 

@@ -25,6 +25,8 @@ PROSE_ROOTS = (Path("/usr/share/doc"), Path("/usr/share/common-licenses"), Path(
 MIN_CHARS = 200
 MAX_CHARS = 400_000
 HELDOUT_PERCENT = 3
+SOURCES = ("code", "prose")
+"""The source values :func:`iter_documents` gives its documents (what a dataset can pick a haystack from)."""
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from gpu_workers.data import builtin_corpus
-from gpu_workers.spec import DatasetSpec
+from gpu_workers.spec import ALL_SOURCES, DatasetSpec
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".tex"}
 
@@ -125,6 +125,24 @@ def load_documents(spec: DatasetSpec) -> list[dict[str, str]]:
     return docs
 
 
+def haystack_documents(spec: DatasetSpec) -> list[dict[str, str]]:
+    """The evaluation documents of the dataset's haystack source (:attr:`DatasetSpec.haystack`), in file order.
+
+    A source the data does not have is an error naming the ones it has, so a typo in the dataset's setting
+    fails the run (and the composer) visibly instead of silently filling haystacks with something else.
+    """
+    docs = load_documents(spec)
+    source = spec.haystack
+    if source == ALL_SOURCES:
+        return docs
+    picked = [d for d in docs if d["source"] == source]
+    if not picked:
+        present = ", ".join(sorted({d["source"] for d in docs})) or "none"
+        raise DatasetError(f"The dataset has no documents from source {source!r} for needle haystacks "
+                           f"(its sources: {present}; or use {ALL_SOURCES!r}).")
+    return picked
+
+
 def load_training_documents(
     spec: DatasetSpec, exclude: set[str] | frozenset[str] = frozenset()
 ) -> list[dict[str, str]]:
@@ -194,12 +212,19 @@ def long_documents(spec: DatasetSpec, tokenizer: Any, min_tokens: int, count: in
 
 
 @lru_cache(maxsize=16)
-def _token_lengths(spec: DatasetSpec, tokenizer_source: str) -> tuple[int, ...]:
+def _cached_token_lengths(spec: DatasetSpec, tokenizer_source: str) -> tuple[tuple[str, int], ...]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, local_files_only=True)
     docs = load_documents(spec)
-    return tuple(len(ids) for ids in tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"])
+    ids = tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
+    return tuple((d["source"], len(row)) for d, row in zip(docs, ids, strict=True))
+
+
+def _token_lengths(spec: DatasetSpec, tokenizer_source: str) -> tuple[tuple[str, int], ...]:
+    """(source, tokens) per evaluation document; the haystack setting does not change the documents, so it is
+    left out of the cache key and choosing another haystack source costs no new tokenization."""
+    return _cached_token_lengths(replace(spec, haystack_source=""), tokenizer_source)
 
 
 def count_long_documents(spec: DatasetSpec, tokenizer_source: str, min_tokens: int) -> int:
@@ -208,9 +233,18 @@ def count_long_documents(spec: DatasetSpec, tokenizer_source: str, min_tokens: i
     Token lengths are cached per (dataset, tokenizer), so the composer, which asks on every
     submit with whatever longest length the user typed, pays the tokenization once per process.
     """
-    return sum(n >= min_tokens for n in _token_lengths(spec, tokenizer_source))
+    return sum(n >= min_tokens for _, n in _token_lengths(spec, tokenizer_source))
 
 
 def count_tokens(spec: DatasetSpec, tokenizer_source: str) -> int:
-    """All tokens of the evaluation documents: what a needle haystack can be cut from."""
-    return sum(_token_lengths(spec, tokenizer_source))
+    """All tokens of the haystack source's evaluation documents: what a needle haystack can be cut from.
+
+    Raises :class:`DatasetError` when the dataset has no document of that source.
+    """
+    lengths = _token_lengths(spec, tokenizer_source)
+    source = spec.haystack
+    if source == ALL_SOURCES:
+        return sum(n for _, n in lengths)
+    if not any(s == source for s, _ in lengths):
+        haystack_documents(spec)  # raises, naming the sources the data has
+    return sum(n for s, n in lengths if s == source)

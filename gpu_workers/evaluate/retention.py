@@ -1,10 +1,10 @@
 """Short-context retention: the extended model at the original length, against the base model.
 
 The base model's reference is computed from the *same* loaded weights with the rotary embeddings
-temporarily put back to the original RoPE (inverse frequencies, attention scaling 1, no dynamic
-switching) — no second copy of the model in memory, and, once training lands, the reference can be
-taken before the weights change. Ratios are "higher is better, 1 = fully retained": base perplexity /
-extended perplexity, extended passkey accuracy / base passkey accuracy.
+temporarily put back to the checkpoint's own RoPE (inverse frequencies and attention scaling as
+shipped at the original context, no dynamic switching) — no second copy of the model in memory, and
+the reference can be taken before training changes the weights. Ratios are "higher is better,
+1 = fully retained": base perplexity / extended perplexity, extended passkey accuracy / base passkey accuracy.
 """
 
 from __future__ import annotations
@@ -23,14 +23,17 @@ def rotary_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @contextmanager
-def original_rope(model: torch.nn.Module, inv_freq: list[float]) -> Iterator[None]:
-    """Run the model with plain RoPE of the given inverse frequencies; restore the method's RoPE after."""
+def original_rope(model: torch.nn.Module, inv_freq: list[float], attention_scaling: float = 1.0) -> Iterator[None]:
+    """Run the model with fixed RoPE of the given inverse frequencies; restore the method's RoPE after.
+
+    ``attention_scaling`` is the checkpoint's own (1 for plain RoPE; e.g. Phi-3's LongRoPE factor).
+    """
     saved = []
     for module in rotary_modules(model):
         saved.append((module, module.inv_freq.clone(), module.attention_scaling, module.rope_type,
                       getattr(module, "max_seq_len_cached", None)))
         module.inv_freq = torch.tensor(inv_freq, dtype=module.inv_freq.dtype, device=module.inv_freq.device)
-        module.attention_scaling = 1.0
+        module.attention_scaling = attention_scaling
         module.rope_type = "default"
     try:
         yield

@@ -34,10 +34,6 @@ def validate(name: str, params: dict[str, Any], base: RopeFacts, target_length: 
     family = get(name)
     if family.needs_rope and not base.has_rope:
         raise MethodError(f"{family.label} rescales RoPE, but this model has no rotary position embedding.", "family")
-    if base.has_rope and base.rope_type not in ("default", None):
-        raise MethodError(
-            f"The base model already uses '{base.rope_type}' RoPE scaling; extend a model with plain RoPE.", "family"
-        )
     unknown = set(params) - {p.name for p in family.params}
     if unknown:
         raise MethodError(f"{family.label} takes no parameter {sorted(unknown)[0]!r}.", sorted(unknown)[0])

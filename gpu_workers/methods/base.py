@@ -23,9 +23,22 @@ class MethodError(ValueError):
         self.message = message
 
 
+SCALING_KEYS = frozenset({
+    "rope_type", "factor", "original_max_position_embeddings", "attention_factor", "beta_fast", "beta_slow",
+    "mscale", "mscale_all_dim", "truncate", "low_freq_factor", "high_freq_factor", "long_factor", "short_factor",
+    "long_mscale", "short_mscale",
+})
+"""The ``rope_parameters`` keys that describe a scaling; every other key (θ, rotary fraction, …) is kept."""
+
+
 @dataclass(frozen=True)
 class RopeFacts:
-    """The facts of a base model's RoPE that every family needs."""
+    """The facts of a base model's RoPE that every family needs.
+
+    ``shipped_json`` is the checkpoint's own ``rope_parameters`` (canonical JSON, so the facts stay hashable
+    for caches); methods merge into it rather than replace it, so a rotary fraction or any key we do not know
+    survives, and *none* reproduces the checkpoint exactly, its own scaling included.
+    """
 
     has_rope: bool
     head_dim: int
@@ -33,10 +46,47 @@ class RopeFacts:
     original_context: int
     rope_type: str = "default"
     partial_rotary_factor: float = 1.0
+    shipped_json: str = ""
+    max_position_embeddings: int = 0
+    """The checkpoint's ``max_position_embeddings`` (0: unknown, treated as the original context)."""
 
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def shipped(self) -> dict[str, Any]:
+        """The checkpoint's ``rope_parameters`` as shipped (plain RoPE at θ when unknown)."""
+        if self.shipped_json:
+            return json.loads(self.shipped_json)
+        rope: dict[str, Any] = {"rope_type": "default", "rope_theta": float(self.rope_theta)}
+        if self.partial_rotary_factor != 1.0:
+            rope["partial_rotary_factor"] = self.partial_rotary_factor
+        return rope
+
+    @property
+    def has_scaling(self) -> bool:
+        """True when the checkpoint already ships a RoPE scaling (Llama-3.1, Phi-3, Qwen2.5 with YaRN, …)."""
+        return self.has_rope and self.rope_type not in ("default", "", None)
+
+    @property
+    def shipped_max_position_embeddings(self) -> int:
+        return self.max_position_embeddings or self.original_context
+
+    @classmethod
+    def from_facts(cls, facts: dict[str, Any]) -> RopeFacts:
+        """From ``ModelFacts.to_json()`` as stored on a BaseModel row (older rows lack the newer keys)."""
+        shipped = facts.get("rope_parameters")
+        return cls(
+            has_rope=bool(facts.get("has_rope")),
+            head_dim=int(facts.get("head_dim") or 0),
+            rope_theta=float(facts.get("rope_theta") or 0.0),
+            original_context=int(facts.get("original_context") or 0),
+            rope_type=str(facts.get("rope_type") or "default"),
+            partial_rotary_factor=float(facts.get("partial_rotary_factor") or 1.0),
+            shipped_json=json.dumps(shipped, sort_keys=True) if isinstance(shipped, dict) else "",
+            max_position_embeddings=int(facts.get("max_position_embeddings") or 0),
+        )
 
 
 @dataclass(frozen=True)
@@ -154,8 +204,15 @@ def require_factor_above_one(params: dict[str, Any], label: str = "Factor") -> N
 
 
 def with_theta(base: RopeFacts, **fields: Any) -> dict[str, Any]:
-    """rope_parameters always carry rope_theta (transformers 5 leaves it None otherwise)."""
-    params: dict[str, Any] = {"rope_theta": float(base.rope_theta)}
+    """The checkpoint's ``rope_parameters`` without its scaling, then ``fields`` on top.
+
+    Merging (not replacing) keeps the rotary fraction and any architecture key transformers reads from
+    ``rope_parameters``; θ is always present, because transformers 5 leaves it None otherwise. A family
+    applied to a checkpoint that already carries a scaling therefore *replaces* that scaling, relative to the
+    checkpoint's original context.
+    """
+    params = {key: value for key, value in base.shipped.items() if key not in SCALING_KEYS}
+    params["rope_theta"] = float(base.rope_theta)
     if base.partial_rotary_factor != 1.0:
         params["partial_rotary_factor"] = base.partial_rotary_factor
     params.update(fields)

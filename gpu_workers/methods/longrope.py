@@ -6,8 +6,9 @@ pass, so the method is length-dependent), and an attention scaling of √(1 + ln
 transformers' default and the LongRoPE/Phi-3 "su" policy — we write it out so the config says what runs.
 
 transformers only warns about wrong-length lists and factors < 1; we refuse them, naming the field.
-Blank factors are derived: short = all 1 (the original frequencies inside the original context), long =
-the YaRN-shaped start LongRoPE's own search begins from, 1 + (s − 1)·ramp_i with YaRN's β 32 / 1 ramp.
+Blank factors are derived: on a checkpoint that already ships LongRoPE factors (Phi-3, Phi-3.5) they are its
+own; otherwise short = all 1 (the original frequencies inside the original context), long = the YaRN-shaped
+start LongRoPE's own search begins from, 1 + (s − 1)·ramp_i with YaRN's β 32 / 1 ramp.
 Note that transformers applies the one attention factor to short inputs too (as Phi-3 does), so even
 with short factors of 1 a short input is not computed exactly as by the base model.
 Factor files written by microsoft/LongRoPE's search are read by :mod:`gpu_workers.methods.longrope_files`.
@@ -33,11 +34,13 @@ PARAMS = (
     Param("factor", "Factor", float, None, "Length scale s; blank = target length / original context.", 1.0, True),
     Param(
         "long_factor", "Long factors", list, None,
-        "One factor ≥ 1 per dimension pair, used past the original context; blank = YaRN-shaped start.", 1.0,
+        "One factor ≥ 1 per dimension pair, used past the original context; "
+        "blank = the checkpoint's own, else a YaRN-shaped start.", 1.0,
     ),
     Param(
         "short_factor", "Short factors", list, None,
-        "One factor per dimension pair, used within the original context; blank = all 1.", 0.0, True,
+        "One factor per dimension pair, used within the original context; "
+        "blank = the checkpoint's own, else all 1.", 0.0, True,
     ),
     Param(
         "attention_factor", "Attention factor", float, None,
@@ -67,16 +70,31 @@ def _check_length(base: RopeFacts, params: dict[str, Any], name: str, label: str
         )
 
 
+def shipped_factors(base: RopeFacts) -> dict[str, list[float]]:
+    """A LongRoPE checkpoint's own factor lists (Phi-3 / Phi-3.5): blank factors start from them."""
+    if base.rope_type != "longrope":
+        return {}
+    shipped = base.shipped
+    return {key: [float(x) for x in shipped[key]] for key in ("long_factor", "short_factor") if shipped.get(key)}
+
+
 def check(base: RopeFacts, target_length: int, params: dict[str, Any]) -> None:
     require_factor_above_one(params)
+    for key, values in shipped_factors(base).items():
+        if params.get(key) is None and len(values) != base.rotary_dim // 2:
+            raise MethodError(
+                f"The checkpoint's own {key.replace('_', ' ')}s hold {len(values)} numbers but its rotary dim "
+                f"{base.rotary_dim} has {base.rotary_dim // 2} pairs; type the factors.", key,
+            )
     _check_length(base, params, "long_factor", "Long factors")
     _check_length(base, params, "short_factor", "Short factors")
 
 
 def build(base: RopeFacts, target_length: int, params: dict[str, Any]) -> RopeSetup:
     factor = float(params["factor"])
-    long_factor = params.get("long_factor") or yarn_start_factors(base, factor)
-    short_factor = params.get("short_factor") or [1.0] * (base.rotary_dim // 2)
+    shipped = shipped_factors(base)
+    long_factor = params.get("long_factor") or shipped.get("long_factor") or yarn_start_factors(base, factor)
+    short_factor = params.get("short_factor") or shipped.get("short_factor") or [1.0] * (base.rotary_dim // 2)
     attention = params.get("attention_factor")
     if attention is None:
         attention = default_attention_factor(factor, base.original_context)

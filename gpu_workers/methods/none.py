@@ -1,20 +1,25 @@
-"""The baseline: the base model's RoPE untouched, simply run past its original context."""
+"""The baseline: the checkpoint's RoPE exactly as shipped, simply run past its original context.
+
+For a plain-RoPE model that is RoPE at θ; for a checkpoint that already carries a scaling (Llama-3.1's
+``llama3``, Phi-3's ``longrope``, a Qwen2.5 ``yarn`` config) it is that scaling, untouched, with the
+checkpoint's own ``max_position_embeddings`` (transformers derives e.g. LongRoPE's factor from it).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gpu_workers.methods.base import Family, RopeFacts, RopeSetup, with_theta
+from gpu_workers.methods.base import Family, RopeFacts, RopeSetup
 
 
 def build(base: RopeFacts, target_length: int, params: dict[str, Any]) -> RopeSetup:
-    return RopeSetup(with_theta(base, rope_type="default"), max(target_length, base.original_context))
+    return RopeSetup(base.shipped, base.shipped_max_position_embeddings)
 
 
 FAMILY = Family(
     name="none",
     label="None (baseline)",
-    help="No scaling: the model extrapolates past its original context as it is.",
+    help="No change: the checkpoint as shipped (its own scaling included) extrapolates past its original context.",
     params=(),
     build=build,
     needs_rope=False,

@@ -49,9 +49,49 @@ window.ContextLabEvaluations = (function () {
     Plotly.react(element, traces, layout, CONFIG);
   }
 
+  var GRID_COLORS = [[0, "#b91c1c"], [0.5, "#facc15"], [1, "#15803d"]];
+  var DIFF_COLORS = [[0, "#b91c1c"], [0.5, "#f9fafb"], [1, "#1d4ed8"]];
+  var needleState = { grids: [], original: null };
+
+  function escapeText(text) {
+    return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
+
+  function needleMetric() {
+    var checked = document.querySelector("input[name='needle-metric']:checked");
+    return checked && checked.value === "partial" ? "partial" : "exact";
+  }
+
+  // Where the original context falls among a grid's categorical lengths, as a dotted line.
+  function originalShape(lengths, original) {
+    var at = lengths.filter(function (n) { return n <= original; }).length - 0.5;
+    return original && at > -0.5 && at < lengths.length - 0.5 ? [{
+      type: "line", xref: "x", yref: "paper", x0: at, x1: at, y0: 0, y1: 1,
+      line: { dash: "dot", width: 2, color: "#111827" }
+    }] : [];
+  }
+
+  function gridLayout(title, lengths, original) {
+    return {
+      title: { text: title, font: { size: 13 } },
+      margin: { t: 50, r: 10, b: 50, l: 50 },
+      xaxis: { title: { text: "context length" }, type: "category" },
+      yaxis: { title: { text: "depth" }, autorange: "reversed" },
+      shapes: originalShape(lengths, original)
+    };
+  }
+
+  function cellAt(grid, metric, length, depth) {
+    var row = grid.depths.indexOf(depth), column = grid.lengths.indexOf(length);
+    if (row < 0 || column < 0 || !grid[metric]) { return null; }
+    var value = grid[metric][row][column];
+    return value == null ? null : value;
+  }
+
   function heatmaps(grids, original) {
     var container = document.getElementById("needle-grid");
     if (!container || typeof Plotly === "undefined") { return; }
+    var metric = needleMetric();
     grids.forEach(function (grid, index) {
       var id = "needle-heatmap-" + index;
       var cell = document.getElementById(id);
@@ -59,25 +99,101 @@ window.ContextLabEvaluations = (function () {
         cell = document.createElement("div");
         cell.id = id;
         cell.className = "chart";
-        cell.setAttribute("data-method", grid.name);
         container.appendChild(cell);
       }
-      var labels = grid.lengths.map(String);
-      var originalIndex = grid.lengths.filter(function (n) { return n <= original; }).length - 0.5;
+      cell.setAttribute("data-method", grid.name);
+      cell.setAttribute("data-haystack", grid.haystack || "");
+      // Each cell carries [exact, partial, samples] so hover shows both scores and the needles behind them.
+      var custom = grid.depths.map(function (_, row) {
+        return grid.lengths.map(function (_, column) {
+          var samples = grid.samples ? grid.samples[row][column] : null;
+          return [grid.exact[row][column], grid.partial[row][column], samples == null ? "?" : samples];
+        });
+      });
+      var title = escapeText(grid.name) +
+        (grid.haystack ? "<br><sup>haystack: " + escapeText(grid.haystack) + " documents</sup>" : "");
       Plotly.react(cell, [{
-        type: "heatmap", x: labels, y: grid.depths, z: grid.exact, customdata: grid.partial,
-        zmin: 0, zmax: 1, colorscale: [[0, "#b91c1c"], [0.5, "#facc15"], [1, "#15803d"]], showscale: index === grids.length - 1,
-        hovertemplate: "length %{x}<br>depth %{y}<br>exact %{z:.2f}<br>partial %{customdata:.2f}<extra></extra>"
-      }], {
-        title: { text: grid.name, font: { size: 13 } },
-        margin: { t: 40, r: 10, b: 50, l: 50 },
-        xaxis: { title: { text: "context length" }, type: "category" },
-        yaxis: { title: { text: "depth" }, autorange: "reversed" },
-        shapes: original && originalIndex > -0.5 && originalIndex < grid.lengths.length - 0.5 ? [{
-          type: "line", xref: "x", yref: "paper", x0: originalIndex, x1: originalIndex, y0: 0, y1: 1,
-          line: { dash: "dot", width: 2, color: "#111827" }
-        }] : []
-      }, CONFIG);
+        type: "heatmap", x: grid.lengths.map(String), y: grid.depths, z: grid[metric], customdata: custom,
+        zmin: 0, zmax: 1, colorscale: GRID_COLORS, showscale: index === grids.length - 1,
+        colorbar: { title: { text: metric } },
+        hovertemplate: "length %{x}<br>depth %{y}<br>exact %{customdata[0]:.2f}<br>partial %{customdata[1]:.2f}" +
+          "<br>samples %{customdata[2]}<extra></extra>"
+      }], gridLayout(title, grid.lengths, original), CONFIG);
+    });
+    difference(grids, original, metric);
+  }
+
+  // The two selects list every run with a grid; a run that disappears falls back to the first / second.
+  function fillSelect(select, names, fallback) {
+    var current = select.value;
+    var same = select.options.length === names.length &&
+      names.every(function (name, i) { return select.options[i].value === name; });
+    if (!same) {
+      select.textContent = "";
+      names.forEach(function (name) {
+        var option = document.createElement("option");
+        option.value = name;
+        option.textContent = name;
+        select.appendChild(option);
+      });
+    }
+    select.value = names.indexOf(current) >= 0 ? current : (names[fallback] || names[0] || "");
+  }
+
+  function difference(grids, original, metric) {
+    var controls = document.getElementById("needle-diff-controls");
+    var chart = document.getElementById("needle-diff");
+    var toggle = document.getElementById("needle-diff-on");
+    var selectA = document.getElementById("needle-diff-a"), selectB = document.getElementById("needle-diff-b");
+    if (!controls || !chart || !toggle || !selectA || !selectB) { return; }
+    var names = grids.map(function (grid) { return grid.name; });
+    controls.hidden = grids.length < 2;
+    fillSelect(selectA, names, 0);
+    fillSelect(selectB, names, 1);
+    var a = grids[names.indexOf(selectA.value)], b = grids[names.indexOf(selectB.value)];
+    chart.hidden = !(toggle.checked && a && b && grids.length >= 2);
+    if (chart.hidden) { return; }
+    // Union of both grids' coordinates: a cell only one run measured stays blank rather than pretending 0.
+    var lengths = a.lengths.concat(b.lengths.filter(function (n) { return a.lengths.indexOf(n) < 0; }))
+      .sort(function (x, y) { return x - y; });
+    var depths = a.depths.concat(b.depths.filter(function (d) { return a.depths.indexOf(d) < 0; }))
+      .sort(function (x, y) { return x - y; });
+    var z = [], custom = [];
+    depths.forEach(function (depth) {
+      var zRow = [], customRow = [];
+      lengths.forEach(function (length) {
+        var va = cellAt(a, metric, length, depth), vb = cellAt(b, metric, length, depth);
+        var na = cellAt(a, "samples", length, depth), nb = cellAt(b, "samples", length, depth);
+        zRow.push(va == null || vb == null ? null : va - vb);
+        customRow.push([va == null ? "—" : va.toFixed(2), vb == null ? "—" : vb.toFixed(2),
+                        na == null ? "?" : na, nb == null ? "?" : nb]);
+      });
+      z.push(zRow);
+      custom.push(customRow);
+    });
+    chart.setAttribute("data-a", a.name);
+    chart.setAttribute("data-b", b.name);
+    chart.setAttribute("data-metric", metric);
+    var title = escapeText(a.name) + " − " + escapeText(b.name) + " (" + metric + " match)";
+    Plotly.react(chart, [{
+      type: "heatmap", x: lengths.map(String), y: depths, z: z, customdata: custom,
+      zmin: -1, zmax: 1, zmid: 0, colorscale: DIFF_COLORS, colorbar: { title: { text: "A − B" } },
+      hovertemplate: "length %{x}<br>depth %{y}<br>A − B %{z:+.2f}<br>A %{customdata[0]} (%{customdata[2]} samples)" +
+        "<br>B %{customdata[1]} (%{customdata[3]} samples)<extra></extra>"
+    }], gridLayout(title, lengths, original), CONFIG);
+  }
+
+  function redrawNeedles() {
+    heatmaps(needleState.grids, needleState.original);
+  }
+
+  function bindNeedleControls() {
+    var controls = document.querySelectorAll(
+      "input[name='needle-metric'], #needle-diff-on, #needle-diff-a, #needle-diff-b");
+    Array.prototype.forEach.call(controls, function (control) {
+      if (control.getAttribute("data-bound")) { return; }
+      control.setAttribute("data-bound", "1");
+      control.addEventListener("change", redrawNeedles);
     });
   }
 
@@ -140,7 +256,9 @@ window.ContextLabEvaluations = (function () {
           xaxis: { title: { text: "step" } }, yaxis: { title: { text: "loss (nats)" } } });
     var s = charts.series;
     plot("passkey-chart", lineTraces(s.passkey), lineLayout("passkey accuracy", original, { range: [-0.05, 1.05] }));
-    heatmaps(charts.needle, original);
+    needleState = { grids: charts.needle || [], original: original };
+    bindNeedleControls();
+    heatmaps(needleState.grids, original);
     plot("needle-ppl-chart", lineTraces(s.needle_perplexity), lineLayout("answer perplexity", original, { type: "log" }));
     retentionTable(charts.retention);
     plot("time-chart", lineTraces(s.forward_seconds, { noErrors: true }),

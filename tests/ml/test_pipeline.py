@@ -54,7 +54,7 @@ def test_model_facts_read_from_config(tiny_model_dir: Path) -> None:
 def test_unknown_model_sources_are_named(tmp_path: Path) -> None:
     with pytest.raises(ModelSourceError, match="No model directory"):
         inspect_model(str(tmp_path / "missing"))
-    with pytest.raises(ModelSourceError, match="No readable model config"):
+    with pytest.raises(ModelSourceError, match="No config.json in"):
         inspect_model(str(tmp_path))
     with pytest.raises(ModelSourceError, match="local Hugging Face cache"):
         inspect_model("nobody/no-such-model-xyz")
@@ -63,8 +63,9 @@ def test_unknown_model_sources_are_named(tmp_path: Path) -> None:
 def test_model_without_rope_is_recognised(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 1024, "n_embd": 64,
                                                       "n_head": 4, "n_layer": 2, "architectures": ["GPT2LMHeadModel"]}))
-    facts = inspect_model(str(tmp_path))
-    assert not facts.has_rope and facts.rope_type == "none"
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(ModelSourceError, match="gpt2 model has no rotary position embedding: it learns absolute"):
+        inspect_model(str(tmp_path))
 
 
 def test_local_datasets_keep_their_sources_and_count_long_documents(tiny_model_dir: Path, tiny_corpus: Path) -> None:

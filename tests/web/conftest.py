@@ -159,10 +159,10 @@ def base_model(db: None, model_dir: Path) -> BaseModel:
 
 @pytest.fixture
 def norope_model(db: None, norope_dir: Path) -> BaseModel:
-    from gpu_workers.model_facts import inspect_model
-
+    """A row registered before registration refused models without RoPE: the guards further on still hold."""
     model = BaseModel(team=None, name="Tiny GPT-2", source=str(norope_dir))
-    model.apply_facts(inspect_model(str(norope_dir)).to_json())
+    model.apply_facts({"architecture": "GPT2LMHeadModel", "model_type": "gpt2", "has_rope": False, "head_dim": 32,
+                       "rope_theta": 0.0, "original_context": 256, "rope_type": "none"})
     model.save()
     return model
 

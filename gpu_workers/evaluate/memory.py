@@ -25,6 +25,11 @@ MB = 2**20
 
 
 def predicted_kv_cache_bytes(facts: ModelFacts, length: int, dtype: torch.dtype, batch: int = 1) -> int:
+    """2 (K and V) × layers × KV heads × head dim × tokens × bytes.
+
+    The head dim is the whole head (explicit ``head_dim`` where the config sets one, as Qwen3 and Gemma do),
+    not the rotary dims: a partial-rotary model (Phi, GPT-NeoX) caches every key dimension, rotated or not.
+    """
     bytes_per_value = torch.empty((), dtype=dtype).element_size()
     return 2 * facts.num_layers * facts.num_kv_heads * facts.head_dim * length * bytes_per_value * batch
 

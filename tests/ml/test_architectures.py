@@ -239,3 +239,12 @@ def test_exported_checkpoint_reloads_with_identical_logits(checkpoints: dict[str
     with torch.no_grad():
         for length in (ORIGINAL // 2, 2 * ORIGINAL):  # ascending: a dynamic RoPE only grows
             assert torch.equal(ours(_ids(length)).logits, reloaded(_ids(length)).logits), (name, family, length)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_kv_cache_prediction_matches_the_cache_the_model_fills(checkpoints: dict[str, Path], name: str) -> None:
+    from gpu_workers.evaluate.memory import cache_bytes, predicted_kv_cache_bytes, prefill
+
+    loaded = load(str(checkpoints[name]), MethodSpec("yarn"), TARGET, CPU)
+    cache = prefill(loaded.model, _ids(100)[0].tolist(), CPU.device)
+    assert cache_bytes(cache) == predicted_kv_cache_bytes(loaded.facts, 100, torch.float32) > 0

@@ -174,6 +174,13 @@ def dataset(team: Team, data_file: Path) -> Dataset:
 
 
 @pytest.fixture(autouse=True)
+def model_roots(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Test models live under pytest's temporary folder: let the form and the API read from there."""
+    settings.CONTEXTLAB_MODEL_ROOTS = [tmp_path_factory.getbasetemp().resolve(), DEMO_MODEL_DIR.resolve()]
+    return settings.CONTEXTLAB_MODEL_ROOTS
+
+
+@pytest.fixture(autouse=True)
 def no_broker() -> Any:
     """Never talk to a broker from these tests; tests that care inspect this mock."""
     with mock.patch("experiments.tasks.execute_run.apply_async") as apply_async:

@@ -155,7 +155,7 @@ def test_model_form_unknown_path_errors_on_source(owner: Any, team: Any, tmp_pat
     assert "No model directory at" in form.errors["source"][0]
     empty = BaseModelForm({"team": team.pk, "name": "Empty", "source": str(tmp_path)}, user=owner)
     assert not empty.is_valid()
-    assert "No readable model config" in empty.errors["source"][0]
+    assert "No config.json in" in empty.errors["source"][0]
     assert BaseModel.objects.count() == 0
 
 

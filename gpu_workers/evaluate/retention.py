@@ -31,19 +31,25 @@ def original_rope(model: torch.nn.Module, inv_freq: list[float], attention_scali
     saved = []
     for module in rotary_modules(model):
         saved.append((module, module.inv_freq.clone(), module.attention_scaling, module.rope_type,
-                      getattr(module, "max_seq_len_cached", None)))
+                      getattr(module, "max_seq_len_cached", None), getattr(module, "original_inv_freq", None)))
         module.inv_freq = torch.tensor(inv_freq, dtype=module.inv_freq.dtype, device=module.inv_freq.device)
         module.attention_scaling = attention_scaling
         module.rope_type = "default"
+        if hasattr(module, "original_inv_freq"):
+            # perplexity.reset_rotary_cache copies this back before each window; for LongRoPE it holds the
+            # short-factor frequencies, which would quietly replace the reference inside the block.
+            module.original_inv_freq = module.inv_freq.clone()
     try:
         yield
     finally:
-        for module, freq, scaling, rope_type, cached in saved:
+        for module, freq, scaling, rope_type, cached, original in saved:
             module.inv_freq = freq
             module.attention_scaling = scaling
             module.rope_type = rope_type
             if cached is not None:
                 module.max_seq_len_cached = cached
+            if original is not None:
+                module.original_inv_freq = original
 
 
 @dataclass(frozen=True)

@@ -137,11 +137,12 @@ def test_facts_read_the_rotary_dims_of_every_architecture(checkpoints: dict[str,
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", (*FAMILIES, "longrope_search", "longrope2_search"))
 def test_built_rope_is_the_closed_form_over_the_rotary_dims(checkpoints: dict[str, Path], name: str,
                                                            family: str) -> None:
     loaded = load(str(checkpoints[name]), MethodSpec(family, PARAMS.get(family, {})), TARGET, CPU)
     module = rotary_module(loaded.model)
+    family = "longrope" if family.endswith("_search") else family  # a search run starts from LongRoPE's start
     want, attention = closed_form(name, family, checkpoints[name])
     assert module.inv_freq.numel() == len(want) == loaded.facts.rotary_dim // 2
     assert torch.allclose(module.inv_freq.double(), torch.tensor(want, dtype=torch.float64), rtol=2e-5, atol=0)
@@ -248,3 +249,27 @@ def test_kv_cache_prediction_matches_the_cache_the_model_fills(checkpoints: dict
     loaded = load(str(checkpoints[name]), MethodSpec("yarn"), TARGET, CPU)
     cache = prefill(loaded.model, _ids(100)[0].tolist(), CPU.device)
     assert cache_bytes(cache) == predicted_kv_cache_bytes(loaded.facts, 100, torch.float32) > 0
+
+
+@pytest.mark.parametrize("name", ["llama", "phi", "phi3_longrope"])
+def test_the_retention_reference_is_the_checkpoint_as_shipped_even_for_longrope_short_factors(
+    checkpoints: dict[str, Path], name: str
+) -> None:
+    """Issue 12, defect 1: reset_rotary_cache used to copy LongRoPE's short-factor frequencies back in."""
+    from gpu_workers.evaluate.perplexity import reset_rotary_cache
+    from gpu_workers.evaluate.retention import original_rope
+    from gpu_workers.rope_theory import original_rotary
+
+    pairs = EXPECTED_ROTARY_DIM.get(name, 16) // 2
+    extended = load(str(checkpoints[name]), MethodSpec("longrope", {"short_factor": [1.5] * pairs}), TARGET, CPU)
+    base = AutoModelForCausalLM.from_pretrained(checkpoints[name]).eval()
+    ids = _ids(ORIGINAL)
+    with torch.no_grad():
+        want = base(ids).logits
+        assert not torch.allclose(extended.model(ids).logits, want, atol=1e-4), "short factors 1.5 change the RoPE"
+        with original_rope(extended.model, *original_rotary(extended.facts.rope)):
+            reset_rotary_cache(extended.model)
+            got = extended.model(ids).logits
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+        reset_rotary_cache(extended.model)
+        assert not torch.allclose(extended.model(ids).logits, want, atol=1e-4), "the method's RoPE comes back"

@@ -128,9 +128,19 @@ def _needle_perplexity(ctx: Context, progress: Progress) -> None:
     ))
 
 
+def retention_length(ctx: Context) -> int:
+    """The original context, or the longest evaluated length when every length lies inside it.
+
+    A real checkpoint's original context (8,192 for SmolLM2, 128K for Llama-3.1) is often longer than an
+    experiment's lengths; retention then compares at the longest length evaluated, still inside the window
+    the model was trained on, with the perplexity curve's own documents.
+    """
+    return min(ctx.loaded.facts.original_context, max(ctx.spec.eval.lengths))
+
+
 def _short_context(ctx: Context) -> tuple[float, float | None]:
-    """Perplexity (and passkey accuracy) at the original context, as the model computes now."""
-    ev, n = ctx.spec.eval, ctx.loaded.facts.original_context
+    """Perplexity (and passkey accuracy) at the retention length, as the model computes now."""
+    ev, n = ctx.spec.eval, retention_length(ctx)
     # The perplexity curve's own documents (each reaches the longest length), cut at the original length.
     docs = [d[:n] for d in long_documents(ctx.spec.dataset, ctx.loaded.tokenizer, max(ev.lengths), ev.documents)]
     ppl = perplexity.perplexity_by_length(
@@ -152,7 +162,7 @@ def _base_reference(ctx: Context) -> tuple[float, float | None]:
 
 
 def _retention(ctx: Context, progress: Progress) -> None:
-    ev, n = ctx.spec.eval, ctx.loaded.facts.original_context
+    ev, n = ctx.spec.eval, retention_length(ctx)
     if ctx.base_reference is None:
         ctx.base_reference = _base_reference(ctx)
     base_ppl, base_key = ctx.base_reference

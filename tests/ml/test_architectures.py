@@ -273,3 +273,19 @@ def test_the_retention_reference_is_the_checkpoint_as_shipped_even_for_longrope_
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
         reset_rotary_cache(extended.model)
         assert not torch.allclose(extended.model(ids).logits, want, atol=1e-4), "the method's RoPE comes back"
+
+
+def test_retention_on_a_model_whose_window_is_longer_than_every_evaluated_length(checkpoints: dict[str, Path],
+                                                                                  tmp_path: Path) -> None:
+    """A real checkpoint (8K window) evaluated at 1–2K: retention compares at the longest length evaluated."""
+    path = checkpoints["llama"]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    corpus = _corpus(tmp_path / "docs.jsonl", tokenizer, docs=2, tokens=ORIGINAL // 2)
+    reporter = MemoryReporter()
+    pipeline.run(RunSpec(run_id="r", model_source=str(path), dataset=DatasetSpec(kind="local", path=str(corpus)),
+                         method=MethodSpec("yarn"), target_length=TARGET, device="cpu",
+                         eval=EvalSpec(lengths=(ORIGINAL // 4, ORIGINAL // 2), documents=2,
+                                       suite=("perplexity", "retention"))), reporter)
+    retention = [m for m in reporter.measurements if m.metric == "retention_perplexity"]
+    assert [m.context_length for m in retention] == [ORIGINAL // 2]
+    assert 0 < retention[0].value < 2

@@ -65,8 +65,9 @@ def main() -> None:
     parser.add_argument("--needle-variant", default="single")
     parser.add_argument("--methods", default="", help="comma-separated labels to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     lengths = tuple(int(n) for n in args.lengths.split(","))
     suite = tuple(args.suite.split(","))
     wanted = set(args.methods.split(",")) if args.methods else None

@@ -51,10 +51,10 @@ class Row:
 class Mix:
     """Shares of the row kinds in one batch draw (they need not sum to 1: they are weights)."""
 
-    text: float = 0.4
-    needle: float = 0.35
-    passkey_text: float = 0.15
-    passkey_random: float = 0.1
+    text: float = 0.5
+    needle: float = 0.3
+    passkey_text: float = 0.12
+    passkey_random: float = 0.08
     code_haystack: float = 0.3
     """Of the needle rows, the share with a code haystack (the rest: prose)."""
     full_length: float = 0.5

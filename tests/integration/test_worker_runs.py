@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.db import transaction
 from django.test import Client
 
 from experiments import services
@@ -139,11 +140,14 @@ def test_cancel_stops_a_running_run(api: Any, celery_worker: WorkerProcess) -> N
 
 
 def test_a_failing_run_fails_alone_with_its_error_shown(api: Any, celery_worker: WorkerProcess) -> None:
-    experiment = _submit(api, [{"family": "none", "params": {}}, {"family": "pi", "params": {}}],
-                         eval_lengths=[256, 512], eval_documents=2)
-    pi_run = Run.objects.get(uuid=next(r["id"] for r in experiment["runs"] if r["method"]["family"] == "pi"))
-    # Corrupt one run's method behind the form's back, as a bad migration or a hand edit might.
-    Method.objects.filter(pk=pi_run.method_id).update(params={"factor": "not a number"})
+    # The runs are enqueued when the outer transaction commits, so the corruption below lands before any
+    # worker can read the method (without it an idle worker could start the PI run first: a flaky race).
+    with transaction.atomic():
+        experiment = _submit(api, [{"family": "none", "params": {}}, {"family": "pi", "params": {}}],
+                             eval_lengths=[256, 512], eval_documents=2)
+        pi_run = Run.objects.get(uuid=next(r["id"] for r in experiment["runs"] if r["method"]["family"] == "pi"))
+        # Corrupt one run's method behind the form's back, as a bad migration or a hand edit might.
+        Method.objects.filter(pk=pi_run.method_id).update(params={"factor": "not a number"})
     results = {r["method"]["family"]: _wait_terminal(api, r["id"], celery_worker) for r in experiment["runs"]}
     assert results["pi"]["status"] == "failed"
     assert "Factor must be a number" in results["pi"]["error"]

@@ -13,7 +13,6 @@ from typing import Any
 
 from gpu_workers import methods
 from gpu_workers.device import Placement
-from gpu_workers.methods.base import SCALING_KEYS
 from gpu_workers.model_facts import ModelFacts, inspect_model
 from gpu_workers.spec import MethodSpec
 
@@ -36,11 +35,8 @@ def load(source: str, method: MethodSpec, target_length: int, placement: Placeme
     setup = methods.get(method.family).build(facts.rope, target_length, params)
     config = AutoConfig.from_pretrained(source, local_files_only=True)
     if method.family != "none":
-        # Merged, not replaced: keys the family does not own (rotary fraction, …) come from the checkpoint.
-        config.rope_parameters = {**config.rope_parameters, **setup.rope_parameters}
-        for key in set(config.rope_parameters) - set(setup.rope_parameters):
-            if key in SCALING_KEYS:
-                del config.rope_parameters[key]
+        # Already merged by the family (methods.base.with_theta keeps every key of the checkpoint it does not own).
+        config.rope_parameters = dict(setup.rope_parameters)
         config.max_position_embeddings = setup.max_position_embeddings
         if hasattr(config, "original_max_position_embeddings"):
             # Phi-3's config attribute wins over rope_parameters in transformers; keep the two in step.

@@ -1,5 +1,5 @@
-// Per-dimension RoPE scaling charts: the method page's #scaling-chart and the experiment page's
-// #scaling-compare. The numbers come from the server (experiments/rope_charts.py, which asks
+// Per-dimension RoPE charts: the method page's #scaling-chart, the experiment page's #scaling-compare and
+// the model page's #model-wavelengths (wavelength per rotary pair, and as shipped for a scaled checkpoint). The numbers come from the server (experiments/rope_charts.py, which asks
 // gpu_workers.rope_theory); this file only draws them.
 (function () {
   "use strict";
@@ -38,14 +38,15 @@
     };
   }
 
-  function horizontalOnWavelengths(value, text, dash) {
+  function horizontalOnWavelengths(value, text, dash, yref) {
+    yref = yref || "y2";
     return {
       shape: {
-        type: "line", xref: "paper", x0: 0, x1: 1, yref: "y2", y0: value, y1: value,
+        type: "line", xref: "paper", x0: 0, x1: 1, yref: yref, y0: value, y1: value,
         line: { dash: dash, width: 1.5, color: GREY }
       },
       label: {
-        x: 0, xref: "paper", xanchor: "left", y: Math.log10(value), yref: "y2", yanchor: "bottom",
+        x: 0, xref: "paper", xanchor: "left", y: Math.log10(value), yref: yref, yanchor: "bottom",
         showarrow: false, text: text, font: { size: 11, color: GREY }
       }
     };
@@ -53,16 +54,49 @@
 
   // Decade ticks for the wavelength axis, labelled in tokens (Plotly would otherwise line its ticks up
   // with the scaling axis's gridlines and print values like 479.3202).
-  function decadeAxis(values) {
+  function decadeTicks(values) {
     var finite = values.filter(function (v) { return v > 0 && isFinite(v); });
     var low = Math.floor(Math.log10(Math.min.apply(null, finite)));
     var high = Math.ceil(Math.log10(Math.max.apply(null, finite)));
     var ticks = [];
     for (var e = low; e <= high; e++) { ticks.push(Math.pow(10, e)); }
-    return {
-      title: { text: "wavelength (tokens)" }, type: "log", overlaying: "y", side: "right", showgrid: false,
-      tickmode: "array", tickvals: ticks, ticktext: ticks.map(function (t) { return t.toLocaleString(); })
-    };
+    return { tickmode: "array", tickvals: ticks, ticktext: ticks.map(function (t) { return t.toLocaleString(); }) };
+  }
+
+  function decadeAxis(values) {
+    return Object.assign({
+      title: { text: "wavelength (tokens)" }, type: "log", overlaying: "y", side: "right", showgrid: false
+    }, decadeTicks(values));
+  }
+
+  // The model page: wavelength per rotary pair on a log axis, the original context and d_extra marked; for a
+  // checkpoint that ships its own scaling, plain RoPE dotted and the wavelengths as shipped in full.
+  function drawModel(node, data) {
+    var axes = data.axes;
+    var shipped = data.shipped && data.shipped.wavelengths && data.shipped.wavelengths.length ? data.shipped : null;
+    var traces = [{
+      name: shipped ? "plain RoPE at θ, 2π·θ^(2i/d)" : "wavelength 2π·θ^(2i/d)",
+      x: axes.pairs, y: axes.wavelengths, type: "scatter", mode: "lines+markers",
+      line: shipped ? { dash: "dot", color: GREY } : { width: 3, color: "#2f6fde" }, marker: { size: 5 }
+    }];
+    if (shipped) {
+      traces.push({
+        name: "as shipped (" + shipped.rope_type + ")", x: axes.pairs, y: shipped.wavelengths, type: "scatter",
+        mode: "lines+markers", line: { width: 3, color: "#2f6fde" }, marker: { size: 5 }
+      });
+    }
+    var critical = criticalLine(axes);
+    var original = horizontalOnWavelengths(axes.original_context, "original context " + axes.original_context,
+                                           "dot", "y");
+    var all = axes.wavelengths.concat(shipped ? shipped.wavelengths : [], [axes.original_context]);
+    Plotly.react(node, traces, {
+      margin: { t: 30, r: 30, b: 60, l: 80 },
+      xaxis: Object.assign(pairAxis(axes), { range: [-0.5, axes.pairs.length - 0.5] }),
+      yaxis: Object.assign({ title: { text: "wavelength (tokens)" }, type: "log" }, decadeTicks(all)),
+      legend: { orientation: "h", y: -0.22 },
+      shapes: [original.shape, critical.shape],
+      annotations: [original.label, critical.label]
+    }, CONFIG);
   }
 
   function drawMethod(node, data) {
@@ -129,5 +163,10 @@
   var compareData = readJson("scaling-compare-data");
   if (compare && compareData && compareData.curves) {
     drawCompare(compare, compareData);
+  }
+  var model = document.getElementById("model-wavelengths");
+  var modelData = readJson("model-wavelengths-data");
+  if (model && modelData && modelData.axes) {
+    drawModel(model, modelData);
   }
 })();

@@ -162,9 +162,9 @@ def test_model_without_rope_explains_instead_of_drawing(owner: Any, norope_model
 
 def test_the_chart_script_is_served_locally(owner: Any, base_model: BaseModel) -> None:
     html = login(owner).get(reverse("model_detail", args=[base_model.pk])).content.decode()
-    assert "js/model_wavelengths.js" in html and "vendor/plotly/plotly.min.js" in html
+    assert "js/rope_scaling.js" in html and "vendor/plotly/plotly.min.js" in html
     assert "cdn" not in html.lower()
-    assert finders.find("js/model_wavelengths.js")
+    assert finders.find("js/rope_scaling.js")
 
 
 # --- experiments that used it ---------------------------------------------------------------------------------

@@ -35,7 +35,16 @@ METHODS = (
     ("yarn", {"factor": 8}, "YaRN ×8"),
     ("llama3", {"factor": 4}, "Llama-3 ×4"),
     ("llama3", {"factor": 8}, "Llama-3 ×8"),
+    ("dynamic_ntk", {}, "dynamic NTK (factor 1)"),
+    ("dynamic_yarn", {}, "Dynamic YaRN"),
+    ("self_extend", {}, "Self-Extend"),
+    ("rerope", {}, "ReRoPE"),
+    ("leaky_rerope", {}, "Leaky ReRoPE"),
+    ("none", {"log_n": 1}, "none + log-n"),
+    ("yarn", {"factor": 4, "log_n": 1}, "YaRN ×4 + log-n"),
 )
+"""Blank parameters take the family's defaults at the target length (the longest length): Self-Extend
+W = 64, G = 11; ReRoPE w = 128; Leaky ReRoPE w = 128, k = 15 on the demo model at 2,048."""
 
 
 def _by_length(measurements: list[Measurement], metric: str) -> dict[int, list[Measurement]]:

@@ -357,10 +357,11 @@ def methods(request: HttpRequest) -> JsonResponse:
     families = [
         {
             "name": family.name, "label": family.label, "help": family.help, "needs_rope": family.needs_rope,
-            "length_dependent": family.length_dependent,
+            "length_dependent": family.length_dependent, "acts_on_attention": family.acts_on_attention,
+            "exportable": not family.export_refusal,
             "params": [
                 {"name": p.name, "label": p.label, "type": p.kind.__name__, "default": p.default, "help": p.help,
-                 "minimum": p.minimum, "exclusive_minimum": p.exclusive_minimum}
+                 "minimum": p.minimum, "exclusive_minimum": p.exclusive_minimum, "maximum": p.maximum}
                 for p in family.params
             ],
         }

@@ -18,6 +18,7 @@ from django.core.exceptions import ValidationError
 from experiments.access import submit_teams_of, visible_base_models, visible_datasets
 from experiments.model_sources import prepare_source
 from experiments.models import BaseModel, Dataset, Team, params_hash
+from gpu_workers import mixed_windows
 from gpu_workers.data import builtin_corpus
 from gpu_workers.data.documents import DatasetError, count_long_documents, count_tokens, inspect_dataset
 from gpu_workers.methods import FAMILIES, Family, MethodError, RopeFacts, validate
@@ -412,10 +413,20 @@ TRAINING_PRESETS: dict[str, dict[str, Any]] = {
                      "data_strategy": "per_source", "keep_short_p": 0.15},
     },
     "longrope2": {
-        "label": "LongRoPE2 mixed context windows",
-        "paper": "Shang et al. 2025: short sequences keep the original RoPE, long ones the rescaled — here 150 steps",
+        "label": "LongRoPE2 mixed context windows (LongRoPE / dynamic NTK rows)",
+        "paper": "Shang et al. 2025: short sequences train with the RoPE the method uses within the original context "
+                 "(LongRoPE's short factors), long ones with the rescaled — here 150 steps. Only for methods whose "
+                 "RoPE changes with the length (LongRoPE, the LongRoPE searches, dynamic NTK): remove the other "
+                 "rows, or pick another recipe",
         "settings": {"mode": "finetune", "steps": 150, "learning_rate": 3e-4, "warmup_steps": 10,
                      "mixed_windows": True, "short_fraction": 0.5, "data_strategy": "per_source"},
+    },
+    "pose": {
+        "label": "PoSE positional skip-wise fine-tune",
+        "paper": "Zhu et al. 2024: train at the original window with position ids skipped over the target, 2 chunks "
+                 "(1000 steps, lr 2e-5, batch 64 for 7B) — here 100 steps, batch 4, lr 3e-4, at the original context",
+        "settings": {"mode": "finetune", "steps": 100, "batch_size": 4, "learning_rate": 3e-4, "warmup_steps": 10,
+                     "pose": True, "pose_chunks": 2, "data_strategy": "global", "keep_short_p": 1.0},
     },
 }
 """Recipes from the papers, scaled down for the demo model; choosing one fills the training fields.
@@ -435,7 +446,8 @@ class TrainingForm(forms.Form):
     batch_size = forms.IntegerField(min_value=1, initial=TrainSpec.batch_size, label="Batch (sequences)")
     grad_accum = forms.IntegerField(min_value=1, initial=TrainSpec.grad_accum, label="Gradient accumulation")
     train_length = forms.IntegerField(required=False, min_value=16, label="Training length",
-                                      help_text="Tokens per sequence; blank = the target length.")
+                                      help_text="Tokens per sequence; blank = the target length, or with PoSE the "
+                                                "model's original context.")
     gradient_checkpointing = forms.BooleanField(required=False, label="Gradient checkpointing")
     lora = forms.BooleanField(required=False, label="LoRA instead of full fine-tuning")
     lora_rank = forms.IntegerField(min_value=1, initial=TrainSpec.lora_rank, label="LoRA rank")
@@ -444,8 +456,19 @@ class TrainingForm(forms.Form):
                                                     label="With LoRA, also train embeddings and norms")
     s2_attn = forms.BooleanField(required=False, label="S2-Attn while training")
     s2_group_fraction = forms.FloatField(initial=TrainSpec.s2_group_fraction, label="S2-Attn group (share of length)")
-    mixed_windows = forms.BooleanField(required=False, label="Mixed context windows (LongRoPE2)")
+    mixed_windows = forms.BooleanField(
+        required=False, label="Mixed context windows (LongRoPE2)",
+        help_text="Short steps at the original length with the RoPE the method uses there; only for methods whose "
+                  "RoPE changes with the length (LongRoPE, dynamic NTK).",
+    )
     short_fraction = forms.FloatField(initial=TrainSpec.short_fraction, label="Short-window share")
+    pose = forms.BooleanField(
+        required=False, label="PoSE (positional skip-wise)",
+        help_text="Train at a short window whose position ids skip ahead to cover the target length (Zhu et al. "
+                  "2024); combines with any method, not with S2-Attn or mixed windows.",
+    )
+    pose_chunks = forms.IntegerField(required=False, initial=TrainSpec.pose_chunks, label="PoSE chunks",
+                                     help_text="Chunks per sequence, each with its own skip; blank = 2.")
     data_strategy = forms.ChoiceField(
         choices=[("per_source", "per-source length upsampling"), ("global", "global length upsampling"),
                  ("upsample_sources", "upsample chosen sources"), ("truncate", "truncate at the original length")],
@@ -474,6 +497,8 @@ class TrainingForm(forms.Form):
             return {"mode": "none"}
         data["train_length"] = data.get("train_length") or 0
         data["long_threshold"] = data.get("long_threshold") or 0
+        if data.get("pose_chunks") is None:
+            data["pose_chunks"] = TrainSpec.pose_chunks
         return data
 
 
@@ -510,6 +535,12 @@ class MethodRowForm(forms.Form):
         self.fields["family"].choices = [("", "— no method —")] + [(f.name, f.label) for f in FAMILIES.values()]
         for family in FAMILIES.values():
             for param in family.params:
+                if param.kind is bool:
+                    self.fields[param_field_name(family.name, param.name)] = forms.BooleanField(
+                        required=False, label=param.label, help_text=param.help,
+                        widget=forms.CheckboxInput(attrs={"data-family": family.name, "class": "param-input"}),
+                    )
+                    continue
                 self.fields[param_field_name(family.name, param.name)] = forms.CharField(
                     required=False,
                     label=param.label,
@@ -544,7 +575,12 @@ class MethodRowForm(forms.Form):
             return params
         params = {}
         for param in family.params:
-            value = (self.cleaned_data.get(param_field_name(family.name, param.name)) or "").strip()
+            raw = self.cleaned_data.get(param_field_name(family.name, param.name))
+            if param.kind is bool:
+                if raw:
+                    params[param.name] = True
+                continue
+            value = (raw or "").strip()
             if value:
                 params[param.name] = value
         return params
@@ -659,7 +695,36 @@ class Composer:
         if methods_ok and self.context.base is None:
             # Rows could not be checked without a model and a target; the form already says why.
             methods_ok = False
+        if training_ok and methods_ok and form_ok:
+            training_ok = self._check_training_against(base, target)
         return form_ok and methods_ok and evaluation_ok and training_ok
+
+    def _check_training_against(self, base: BaseModel, target: int) -> bool:
+        """What the recipe means depends on the model and the methods: refuse settings that would do nothing."""
+        settings = self.training_settings
+        if settings.get("mode", "none") == "none":
+            return True
+        ok = True
+        if settings.get("mixed_windows"):
+            rope = base.rope_facts()
+            offending = [f"{FAMILIES[form.cleaned_data['family']].label} (row {i + 1})"
+                         for i, form in enumerate(self.methods.forms)
+                         if not form.is_blank
+                         and not mixed_windows.rope_changes_with_length(form.cleaned_data["family"], rope)]
+            if offending:
+                self.training.add_error("mixed_windows", mixed_windows.refusal(offending, rope) + ".")
+                ok = False
+        if settings.get("pose"):
+            length = settings.get("train_length") or base.original_context
+            if length >= target:
+                where = "training length" if settings.get("train_length") else "model's original context"
+                self.training.add_error(
+                    "train_length" if settings.get("train_length") else "pose",
+                    f"PoSE trains at a window shorter than the target and skips its position ids ahead to reach "
+                    f"the target; the {where} ({length} tokens) is not shorter than the target of {target}.",
+                )
+                ok = False
+        return ok
 
     def _check_training(self) -> bool:
         self.training_settings = self.training.settings()

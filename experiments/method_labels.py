@@ -32,11 +32,13 @@ def method_label(family: str, params: dict[str, Any], base: RopeFacts | None = N
             defaults = {}
     extras = []
     for param in spec.params:
-        if param.name == "factor" or param.name not in params:
+        if param.name in ("factor", "log_n") or param.name not in params:
             continue
         default = defaults.get(param.name, param.default)
         if default is None or params[param.name] != default:
             extras.append(f"{param.label} {_number(params[param.name])}")
     if extras:
         label = f"{label} ({', '.join(extras)})"
+    if params.get("log_n"):
+        label = f"{label} + log-n"
     return label

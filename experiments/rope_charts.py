@@ -63,6 +63,26 @@ class ScalingCurve:
     drawn_at: int | None = None
     """The input length a length-dependent family is drawn for (the target length); None otherwise."""
     error: str = ""
+    attention_note: str = ""
+    """For methods that remap positions in attention (Self-Extend, ReRoPE, log-n): what the curve cannot show."""
+
+
+def attention_note(family: str, params: dict[str, Any]) -> str:
+    """What an attention-level method (or the log-n modifier) does that a per-dimension curve cannot draw."""
+    notes = []
+    if family == "self_extend":
+        notes.append(f"keeps exact positions within {params.get('window')} tokens and divides farther ones by "
+                     f"{params.get('group')}")
+    elif family == "rerope":
+        notes.append(f"sees every key farther than {params.get('window')} tokens at that distance")
+    elif family == "leaky_rerope":
+        notes.append(f"lets distances past {params.get('window')} tokens grow {_round(float(params.get('leak', 1)))}"
+                     " times slower")
+    if params.get("log_n"):
+        notes.append("scales queries past the original context by ln(m + 1) / ln(original)")
+    if not notes:
+        return ""
+    return "leaves the rotary frequencies as drawn and " + "; ".join(notes) + " inside attention"
 
 
 @dataclass(frozen=True)
@@ -102,8 +122,14 @@ def axes(base: RopeFacts, target_length: int) -> RopeAxes:
 
 @lru_cache(maxsize=512)
 def _scaling(family: str, params_json: str, base: RopeFacts, target_length: int) -> tuple[float, ...]:
+    """Per pair, what a run applies at the target length.
+
+    ``seq_len`` is the target on purpose: a length-dependent family (dynamic NTK, LongRoPE) is drawn from the
+    frequencies transformers computes for an input of that length, e.g. dynamic NTK's base grown for NTK scale
+    factor·L/L0 − (factor − 1), not the factor the user typed.
+    """
     params = json.loads(params_json)
-    return tuple(rope_theory.effective_scaling(family, params, base, target_length))
+    return tuple(rope_theory.effective_scaling(family, params, base, target_length, seq_len=target_length))
 
 
 def scaling_curve(name: str, family: str, params: dict[str, Any], base: RopeFacts, target_length: int
@@ -126,6 +152,7 @@ def scaling_curve(name: str, family: str, params: dict[str, Any], base: RopeFact
         wavelengths=[_round(w * s) for w, s in zip(original, scaling, strict=True)],
         length_dependent=spec.length_dependent,
         drawn_at=target_length if spec.length_dependent else None,
+        attention_note=attention_note(family, params),
     )
 
 

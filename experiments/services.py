@@ -366,6 +366,11 @@ def export_checkpoint(user: Any, run: Run) -> Artifact:
     require_submit(user, run.experiment.team)
     if run.status != Status.SUCCEEDED:
         raise ExportRefused(f"Only a succeeded run can be exported; this one is {run.get_status_display().lower()}.")
+    from gpu_workers import methods
+
+    refusal = methods.export_refusal(run.method.family, run.method.params)
+    if refusal:
+        raise ExportRefused(f"This method cannot be exported: {refusal}.")
     from gpu_workers.export import export_checkpoint as write_checkpoint  # imports torch: only when exporting
 
     experiment = Experiment.objects.select_related("base_model").get(pk=run.experiment_id)

@@ -22,7 +22,7 @@ METADATA_FILE = "context_lab.json"
 
 
 class ExportError(ValueError):
-    """The method applied to this architecture makes a config plain transformers would refuse to load."""
+    """The method cannot be written as a config plain transformers loads and computes the same way."""
 
 
 def _check_reloadable(config: object) -> None:
@@ -54,7 +54,12 @@ def _source_dtype(source: str) -> torch.dtype:
 
 def export_checkpoint(source: str, method: MethodSpec, target_length: int, out_dir: str | Path) -> Path:
     """Write ``source`` with ``method`` applied for ``target_length`` tokens to ``out_dir``; returns it."""
+    from gpu_workers import methods
+
     out = Path(out_dir)
+    refusal = methods.export_refusal(method.family, method.params)
+    if refusal:
+        raise ExportError(f"{refusal}; the method runs in Context Lab, but an export would not reproduce it")
     loaded = load(source, method, target_length, Placement(torch.device("cpu"), _source_dtype(source)))
     _check_reloadable(loaded.model.config)
     out.mkdir(parents=True, exist_ok=True)

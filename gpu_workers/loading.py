@@ -2,8 +2,9 @@
 
 The method is applied through the config (transformers v5 ``rope_parameters``) before the weights
 load, so the rotary embedding is built once, the way ``from_pretrained`` of an exported
-checkpoint would build it. *none* leaves the config untouched: the baseline is the checkpoint exactly
-as ``AutoModelForCausalLM.from_pretrained`` gives it.
+checkpoint would build it; attention-level methods (Self-Extend, ReRoPE, log-n) are then installed in
+the attention layers by :mod:`gpu_workers.position_patches`. *none* leaves the config untouched: the
+baseline is the checkpoint exactly as ``AutoModelForCausalLM.from_pretrained`` gives it.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ class LoadedModel:
 def load(source: str, method: MethodSpec, target_length: int, placement: Placement) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from gpu_workers import position_patches
+
     facts = inspect_model(source)
     params = methods.validate(method.family, method.params, facts.rope, target_length)
-    setup = methods.get(method.family).build(facts.rope, target_length, params)
+    setup = methods.rope_setup(method.family, params, facts.rope, target_length)
     config = AutoConfig.from_pretrained(source, local_files_only=True)
     if method.family != "none":
         # Already merged by the family (methods.base.with_theta keeps every key of the checkpoint it does not own).
@@ -47,5 +50,18 @@ def load(source: str, method: MethodSpec, target_length: int, placement: Placeme
         source, config=config, dtype=placement.dtype, attn_implementation="sdpa", local_files_only=True
     )
     model.to(placement.device).eval()
+    position_patches.remember_attention_scaling(model)
+    if setup.attention is not None:
+        position_patches.install(model, setup.attention)
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    return LoadedModel(model, tokenizer, facts, params, methods.get(method.family).length_dependent)
+    return LoadedModel(model, tokenizer, facts, params, length_dependent(method.family, facts))
+
+
+def length_dependent(family: str, facts: ModelFacts) -> bool:
+    """Whether the RoPE depends on the input length, so each length needs its own pass.
+
+    *none* inherits it from the checkpoint: Phi-3's shipped LongRoPE switches factors at the original context.
+    """
+    if family == "none":
+        return facts.rope.rope_type in ("dynamic", "longrope")
+    return methods.get(family).length_dependent

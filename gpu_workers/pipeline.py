@@ -22,7 +22,7 @@ from gpu_workers.evaluate import memory, needle, passkey, perplexity
 from gpu_workers.evaluate.retention import Retention, original_rope
 from gpu_workers.loading import LoadedModel, load
 from gpu_workers.reporter import Cancelled, Measurement, Reporter
-from gpu_workers.rope_theory import original_frequencies, original_rotary
+from gpu_workers.rope_theory import original_rotary
 from gpu_workers.spec import EVALUATIONS, MIN_PROMPT_LENGTH, MethodSpec, RunSpec
 
 LOAD_SHARE = 0.1
@@ -223,11 +223,14 @@ def _train_in_processes(ctx: Context, processes: int, on_step: Callable[[int, fl
 
 def _train(ctx: Context, progress: Progress) -> None:
     from gpu_workers.data.training import build_training_data
+    from gpu_workers.mixed_windows import check as check_mixed_windows
     from gpu_workers.train import train
     from gpu_workers.train_launch import configured_processes
 
     spec, facts = ctx.spec, ctx.loaded.facts
     steps = spec.train.steps
+    if spec.train.mixed_windows:  # the composer refuses these; a spec written by hand or by an API client is not
+        check_mixed_windows(spec.method.family, facts.rope)
 
     def on_step(step: int, loss: float, lr: float) -> None:
         ctx.reporter.measurement(Measurement("train_loss", loss, step=step))
@@ -238,12 +241,13 @@ def _train(ctx: Context, progress: Progress) -> None:
         _train_in_processes(ctx, processes, on_step)
         return
     data = build_training_data(spec, ctx.loaded.tokenizer, facts.original_context)
+    pose = f", PoSE positions over {data.pose_target_length}" if spec.train.pose else ""
     ctx.reporter.log(f"training ({spec.train.mode}): {len(data.long)} sequences of "
-                     f"{spec.train.length_for(spec.target_length)} tokens, {len(data.short)} short, "
-                     f"{spec.train.data_strategy} data")
+                     f"{spec.train.length_for(spec.target_length, facts.original_context)} tokens, "
+                     f"{len(data.short)} short, {spec.train.data_strategy} data{pose}")
     work = Path(spec.work_dir) if spec.work_dir else None
-    model, result = train(ctx.model, data, spec.train, original_inv_freq=original_frequencies(facts.rope),
-                          work_dir=work, on_step=on_step, should_stop=ctx.reporter.should_stop)
+    model, result = train(ctx.model, data, spec.train, work_dir=work, on_step=on_step,
+                          should_stop=ctx.reporter.should_stop)
     ctx.loaded.model = model.eval()
     resumed = f", resumed from step {result.resumed_from}" if result.resumed_from else ""
     ctx.reporter.log(f"trained {result.steps_done} steps in {result.seconds:.1f} s{resumed}; "

@@ -107,15 +107,37 @@ def yarn_ramp(rotary_dim: int, low: float, high: float) -> list[float]:
 
 
 def longrope2_critical_dim(rotary_dim: int, base: float, original_length: int) -> int:
-    """LongRoPE2's split of the factor search: the first pair index that must scale by at least T/T_train.
+    """d_extra/2 − 1: the theoretical split of LongRoPE2's factor search with one pair of margin below it.
 
-    LongRoPE2 (Shang et al. 2025) lets the pairs below this index take any factor ≥ 1 and constrains the
-    pairs from it on (those near or beyond a full period over the original context) to at least the
-    length ratio. Its search defaults it to ⌈(d/2)·log_base(T_train/2π)⌉ − 1, i.e. d_extra/2 − 1 — one
-    pair of margin below Liu et al.'s critical dimension. Clipped to [0, d/2 − 1].
+    LongRoPE2 (Shang et al. 2025) lets the pairs below its critical dimension follow a fixed curve and
+    constrains the pairs from it on (those near or beyond a full period over the original context) to at least
+    the length ratio. This is ⌈(d/2)·log_base(T_train/2π)⌉ − 1, one pair below Liu et al.'s critical dimension,
+    clipped to [0, d/2 − 1]. The search does not fix the split here: it searches it in
+    :func:`longrope2_critical_window`, which contains this value.
     """
     pairs = critical_dimension(rotary_dim, base, original_length) // 2
     return max(0, min(rotary_dim // 2 - 1, pairs - 1))
+
+
+def longrope2_theoretical_pair(rotary_dim: int, base: float, original_length: int) -> int:
+    """d_extra/2, clipped to [0, d/2 − 1]: the theory value of LongRoPE2's critical dimension, in pairs.
+
+    The first pair that did not turn through a full period over the original context (at least one pair is
+    left to search, hence the clip when every pair did).
+    """
+    pairs = critical_dimension(rotary_dim, base, original_length) // 2
+    return max(0, min(rotary_dim // 2 - 1, pairs))
+
+
+def longrope2_critical_window(rotary_dim: int, base: float, original_length: int, radius: int) -> tuple[int, int]:
+    """(low, high) pairs LongRoPE2's search may put its critical dimension at: the theory value ± ``radius``.
+
+    LongRoPE2 computes the theoretical critical dimension and then searches the real one near it, because the
+    dimensions a model actually trained on a full period need not split where the closed form says. Clipped to
+    [0, d/2 − 1], so at least one pair is always searched.
+    """
+    centre = longrope2_theoretical_pair(rotary_dim, base, original_length)
+    return max(0, centre - radius), min(rotary_dim // 2 - 1, centre + radius)
 
 
 def rope_frequencies(
@@ -135,6 +157,8 @@ def setup_frequencies(setup: RopeSetup, base: RopeFacts, seq_len: int | None = N
     """transformers' own ``ROPE_INIT_FUNCTIONS`` applied to a :class:`RopeSetup` (``default`` = ``linear`` ×1)."""
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    import gpu_workers.position_patches  # noqa: F401 - registers the rope types transformers lacks (dynamic YaRN)
 
     rope = copy.deepcopy(setup.rope_parameters)
     if rope["rope_type"] == "default":

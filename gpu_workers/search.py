@@ -20,11 +20,17 @@ Constraints, imposed on every candidate before it is evaluated:
   past the critical dimension) and which covers LongRoPE's own search list (1 … 1 + s) for s ≥ 4, while
   keeping the space small. Searched values are rounded to ``decimals`` places (the cache key is the vector
   actually evaluated).
-* **LongRoPE2 mode** (Shang et al. 2025): the pairs below the critical dimension
-  (:func:`gpu_workers.rope_theory.longrope2_critical_dim`) are not searched; they follow the NTK-shaped curve
-  λ_i = s^(2i/(d−2)) exactly (unrounded). The pairs from it on are searched with the lower bound raised to
-  s, as the paper constrains them (they lack a full trained period, so must scale at least by the length
-  ratio). The NTK part stays below s, so the whole vector is monotone.
+* **LongRoPE2 mode** (Shang et al. 2025): each candidate carries a critical dimension k; the pairs below it
+  are not searched and follow the NTK-shaped curve λ_i = s^(2i/(d−2)) exactly (unrounded). The pairs from it
+  on are searched with the lower bound raised to s, as the paper constrains them (they lack a full trained
+  period, so must scale at least by the length ratio). The NTK part stays below s, so the whole vector is
+  monotone. k itself is searched, as the paper does: within ``critical_dim_window`` pairs of the theory value
+  d_extra/2 (:func:`gpu_workers.rope_theory.longrope2_critical_window`); mutation may move it by one pair,
+  crossover takes one parent's. A given ``critical_dim`` fixes it. The seeds are distinct there: PI-shaped
+  (s on every searched pair), NTK-shaped (NTK's per-pair growth continued from s), YaRN-shaped (a ramp from s
+  to the upper bound), all at the theory value, then PI-shaped seeds at the other critical dims of the window.
+* **search length**: the fitness length (``target_length``) must exceed the original context; a search at or
+  within it would tune factors where plain RoPE already works.
 
 Fitness is any ``Callable[[Candidate], float]``, lower is better (perplexity at the target length, a
 needle-driven perplexity…); NaN counts as +inf. :func:`perplexity_fitness` builds one for a loaded
@@ -66,10 +72,12 @@ __all__ = [
     "SearchConfig",
     "SearchConfigError",
     "SearchResult",
+    "SearchStateError",
     "batched_perplexity_fitness",
     "batched_token_losses",
     "candidate_inv_freq",
     "critical_dim",
+    "critical_window",
     "default_attention",
     "ntk_factors",
     "perplexity_fitness",
@@ -83,7 +91,8 @@ __all__ = [
 ]
 
 MODES = ("longrope", "longrope2")
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2: candidates carry their critical dimension and the state its window (1 had one fixed critical dim)."""
 MAX_TRIES = 20
 """Attempts at a child the cache has not seen before its slot in the generation is given up."""
 RESUMABLE_CHANGES = ("generations", "patience", "early_stop_tolerance")
@@ -97,6 +106,10 @@ class SearchConfigError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class SearchStateError(ValueError):
+    """A saved state this code cannot resume (another format version): start the search afresh instead."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,10 @@ class SearchConfig:
     n_hat_choices: tuple[int, ...] = (0,)
     """n̂ values to search (initial positions left un-interpolated); (0,) = no n̂ search."""
     critical_dim: int | None = None
-    """LongRoPE2 only: first searched pair; blank = rope_theory.longrope2_critical_dim."""
+    """LongRoPE2 only: a fixed first searched pair; blank = searched within ``critical_dim_window``."""
+    critical_dim_window: int = 2
+    """LongRoPE2 only: pairs either side of the theory value d_extra/2 the critical dim is searched in (clipped to
+    the pairs; 0 = fixed at the theory value). ±2 brackets the old fixed d_extra/2 − 1 with room either way."""
     patience: int = 2
     """Stop after this many generations without improvement; 0 = never stop early."""
     early_stop_tolerance: float = 1e-3
@@ -180,13 +196,14 @@ class SearchConfig:
             "target_length",
             "must be a whole number of at least 2",
         )
-        if self.factor is None:
-            need(
-                self.target_length > self.original_context,
+        # Whatever the factor: a fitness measured within the original context tunes nothing that needs it.
+        if self.target_length <= self.original_context:
+            raise SearchConfigError(
+                f"the search length must exceed the original context of {self.original_context} tokens "
+                f"(got {self.target_length})",
                 "target_length",
-                "must exceed original_context when factor is blank (s must be greater than 1)",
             )
-        else:
+        if self.factor is not None:
             need(_is_num(self.factor) and self.factor > 1, "factor", "must be a number greater than 1")
         need(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}")
         need(_is_int(self.population) and self.population >= 2, "population", "must be a whole number of at least 2")
@@ -231,6 +248,11 @@ class SearchConfig:
             "critical_dim",
             f"must be blank or a pair index in [0, {self.pairs - 1}]",
         )
+        need(
+            _is_int(self.critical_dim_window) and self.critical_dim_window >= 0,
+            "critical_dim_window",
+            "must be a whole number of pairs ≥ 0",
+        )
         need(_is_int(self.patience) and self.patience >= 0, "patience", "must be a whole number ≥ 0")
         need(
             _is_num(self.early_stop_tolerance) and self.early_stop_tolerance >= 0,
@@ -271,21 +293,29 @@ def _is_num(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Candidate:
-    """What a fitness evaluates: one factor per pair (shortest wavelength first), n̂, attention scale."""
+    """What a fitness evaluates: one factor per pair (shortest wavelength first), n̂, attention scale.
+
+    ``critical_dim`` is the first searched pair (LongRoPE2: the pairs below it follow the NTK curve; 0 in
+    LongRoPE mode). The fitness ignores it, as the factors already say it; the search needs it to mutate the
+    right pairs, and it is part of the key so a result reports the split it was found with.
+    """
 
     factors: tuple[float, ...]
     n_hat: int = 0
     attention_factor: float = 1.0
+    critical_dim: int = 0
 
-    def key(self) -> tuple[tuple[float, ...], int, float]:
-        return (self.factors, self.n_hat, self.attention_factor)
+    def key(self) -> tuple[tuple[float, ...], int, float, int]:
+        return (self.factors, self.n_hat, self.attention_factor, self.critical_dim)
 
     def to_json(self) -> dict[str, Any]:
-        return {"factors": list(self.factors), "n_hat": self.n_hat, "attention_factor": self.attention_factor}
+        return {"factors": list(self.factors), "n_hat": self.n_hat, "attention_factor": self.attention_factor,
+                "critical_dim": self.critical_dim}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Candidate:
-        return cls(tuple(float(x) for x in data["factors"]), int(data["n_hat"]), float(data["attention_factor"]))
+        return cls(tuple(float(x) for x in data["factors"]), int(data["n_hat"]), float(data["attention_factor"]),
+                   int(data["critical_dim"]))
 
 
 @dataclass(frozen=True)
@@ -336,7 +366,9 @@ class SearchResult:
     n_hat: int
     mode: str
     critical_dim: int
-    """First searched pair: the pairs below it followed the NTK curve (0 in longrope mode: all searched)."""
+    """The best candidate's first searched pair: the pairs below it follow the NTK curve (0 in longrope mode)."""
+    critical_window: tuple[int, int] = (0, 0)
+    """(low, high): where the critical dim was searched; equal when it was fixed (always (0, 0) in longrope mode)."""
     history: list[GenerationRecord] = field(default_factory=list)
     evaluations: int = 0
     skipped: int = 0
@@ -352,6 +384,7 @@ class SearchResult:
             "n_hat": self.n_hat,
             "mode": self.mode,
             "critical_dim": self.critical_dim,
+            "critical_window": list(self.critical_window),
             "history": [h.to_json() for h in self.history],
             "evaluations": self.evaluations,
             "skipped": self.skipped,
@@ -402,12 +435,23 @@ def _facts(config: SearchConfig) -> RopeFacts:
 
 
 def critical_dim(config: SearchConfig) -> int:
-    """The first searched pair: LongRoPE2's critical dimension (or the override); 0 in longrope mode."""
+    """Where the seeds split: the given critical dim, else the theory value d_extra/2; 0 in longrope mode."""
     if config.mode != "longrope2":
         return 0
     if config.critical_dim is not None:
         return config.critical_dim
-    return rope_theory.longrope2_critical_dim(config.rotary_dim, config.rope_theta, config.original_context)
+    return rope_theory.longrope2_theoretical_pair(config.rotary_dim, config.rope_theta, config.original_context)
+
+
+def critical_window(config: SearchConfig) -> tuple[int, int]:
+    """(low, high) critical dims a candidate may have: the theory value ± the window; one value when fixed."""
+    if config.mode != "longrope2":
+        return (0, 0)
+    if config.critical_dim is not None:
+        return (config.critical_dim, config.critical_dim)
+    return rope_theory.longrope2_critical_window(
+        config.rotary_dim, config.rope_theta, config.original_context, config.critical_dim_window
+    )
 
 
 def default_attention(config: SearchConfig) -> float:
@@ -428,33 +472,61 @@ def _upper_bound(config: SearchConfig) -> float:
 
 
 def seed_factors(config: SearchConfig) -> dict[str, list[float]]:
-    """The PI, NTK and YaRN shapes, each projected onto the search constraints (what the search starts from).
+    """The full factor vectors the search starts from, each projected onto the search constraints.
 
-    Two YaRN shapes: ``yarn``, LongRoPE's start (linear in the factor along YaRN's ramp), and ``yarn_freq``,
-    the frequencies transformers' YaRN actually uses (:func:`yarn_frequency_factors`).
+    LongRoPE mode: the PI, NTK and YaRN shapes. Two YaRN shapes: ``yarn``, LongRoPE's start (linear in the
+    factor along YaRN's ramp), and ``yarn_freq``, the frequencies transformers' YaRN actually uses
+    (:func:`yarn_frequency_factors`).
+
+    LongRoPE2 mode: those shapes all lie at or below s past the critical dim, so the lower bound s would make
+    them one vector. The seeds are instead shaped *within* the searched region [s, upper bound], split at the
+    theory value (:func:`critical_dim`): ``pi`` (s on every searched pair), ``ntk`` (NTK's per-pair growth
+    s^(2/(d−2)) continued from s), ``yarn`` (a ramp linear in the pair index from s to the upper bound, as YaRN
+    ramps between its untouched and interpolated pairs); then ``pi_k<j>``, PI-shaped split at each other
+    critical dim j of the window, nearest the theory value first, so a small population still samples the split.
+    A seed's critical dim is where its factors first reach the searched lower bound (the NTK head stays below s).
     """
-    shapes = {
-        "pi": pi_factors(config.rotary_dim, config.scale),
-        "ntk": ntk_factors(config.rotary_dim, config.scale),
-        "yarn": yarn_start_factors(_facts(config), config.scale),
-        "yarn_freq": yarn_frequency_factors(
-            config.rotary_dim, config.rope_theta, config.original_context, config.scale
-        ),
-    }
     space = _Space(config)
-    return {name: list(space.full(space.project(np.asarray(v[space.k :])))) for name, v in shapes.items()}
+    if config.mode != "longrope2":
+        shapes = {
+            "pi": pi_factors(config.rotary_dim, config.scale),
+            "ntk": ntk_factors(config.rotary_dim, config.scale),
+            "yarn": yarn_start_factors(_facts(config), config.scale),
+            "yarn_freq": yarn_frequency_factors(
+                config.rotary_dim, config.rope_theta, config.original_context, config.scale
+            ),
+        }
+        return {name: list(space.full(space.project(np.asarray(v)), 0)) for name, v in shapes.items()}
+    centre = critical_dim(config)
+    n = config.pairs - centre
+    steps = np.arange(n, dtype=np.float64)
+    searched = {
+        "pi": np.full(n, config.scale),
+        "ntk": config.scale * config.scale ** (2 * steps / (config.rotary_dim - 2)),
+        "yarn": np.linspace(config.scale, space.high, n) if n > 1 else np.full(1, config.scale),
+    }
+    seeds = {name: list(space.full(space.project(v), centre)) for name, v in searched.items()}
+    low, high = space.window
+    for k in sorted(range(low, high + 1), key=lambda j: (abs(j - centre), j)):
+        if k != centre:
+            seeds[f"pi_k{k}"] = list(space.full(space.project(np.full(config.pairs - k, config.scale)), k))
+    return seeds
 
 
 class _Space:
-    """The constraints: which pairs are searched, their bounds, rounding, and the fixed NTK head."""
+    """The constraints: the critical dims allowed, the searched pairs' bounds, rounding, and the NTK head."""
 
     def __init__(self, config: SearchConfig) -> None:
         self.config = config
-        self.k = critical_dim(config)
-        self.n = config.pairs - self.k
+        self.window = critical_window(config)
         self.low = _lower_bound(config)
         self.high = _upper_bound(config)
-        self.head = tuple(ntk_factors(config.rotary_dim, config.scale)[: self.k])
+        self.ntk = tuple(ntk_factors(config.rotary_dim, config.scale))
+
+    @property
+    def moves(self) -> bool:
+        """True when the critical dim is searched (so mutation and crossover draw for it)."""
+        return self.window[0] < self.window[1]
 
     def project(self, values: np.ndarray) -> np.ndarray:
         """Nearest monotone vector (isotonic regression), clipped to the bounds, rounded."""
@@ -462,8 +534,14 @@ class _Space:
         rounded = np.clip(np.round(fitted, self.config.decimals), self.low, self.high)
         return np.maximum.accumulate(rounded)
 
-    def full(self, searched: np.ndarray) -> tuple[float, ...]:
-        return self.head + tuple(float(x) for x in searched)
+    def full(self, searched: np.ndarray, k: int) -> tuple[float, ...]:
+        """The NTK head below pair k (exact), then the searched pairs."""
+        return self.ntk[:k] + tuple(float(x) for x in searched)
+
+    def critical_of(self, factors: Sequence[float]) -> int:
+        """The first pair at or above the searched lower bound, within the window (the head is below s)."""
+        k = next((i for i, x in enumerate(factors) if x >= self.low), len(factors) - 1)
+        return min(max(k, self.window[0]), self.window[1])
 
     def attention(self, value: float) -> float:
         """Searched: clipped to the range and rounded. Fixed: exactly the configured (or default) value."""
@@ -517,18 +595,33 @@ class _Search:
 
     # -- candidates
 
-    def _candidate(self, searched: np.ndarray, n_hat: int, attention: float) -> Candidate:
-        return Candidate(self.space.full(self.space.project(searched)), int(n_hat), self.space.attention(attention))
+    def _candidate(self, factors: np.ndarray, k: int, n_hat: int, attention: float) -> Candidate:
+        """From a full factor vector: the NTK head below k, the rest projected onto the searched constraints."""
+        searched = self.space.project(np.asarray(factors, dtype=np.float64)[k:])
+        return Candidate(self.space.full(searched, k), int(n_hat), self.space.attention(attention), int(k))
 
-    def _searched(self, candidate: Candidate) -> np.ndarray:
-        return np.asarray(candidate.factors[self.space.k :], dtype=np.float64)
+    def _move_critical(self, k: int) -> int:
+        """Mutation of the split: with the mutation rate, one pair up or down, turned back at the window's edge.
+
+        Draws nothing when the split is fixed, so LongRoPE mode keeps the random stream it always had.
+        """
+        if not self.space.moves:
+            return k
+        low, high = self.space.window
+        move = self.rng.random() < self.config.mutation_rate
+        step = 1 if self.rng.random() < 0.5 else -1
+        if not move:
+            return k
+        return k + step if low <= k + step <= high else k - step
 
     def mutate(self, parent: Candidate) -> Candidate:
-        c, rng, n = self.config, self.rng, self.space.n
+        c, rng, k = self.config, self.rng, parent.critical_dim
+        n = c.pairs - k
         mask = rng.random(n) < c.mutation_rate
         mask[rng.integers(n)] = True
         noise = np.exp(rng.normal(0.0, c.mutation_scale, n))
-        searched = np.where(mask, self._searched(parent) * noise, self._searched(parent))
+        old = np.asarray(parent.factors[k:], dtype=np.float64)
+        searched = np.where(mask, old * noise, old)
         n_hat = parent.n_hat
         pick_n_hat = rng.random() < c.mutation_rate
         new_n_hat = c.n_hat_choices[int(rng.integers(len(c.n_hat_choices)))]
@@ -539,19 +632,28 @@ class _Search:
         step = rng.normal(0.0, c.mutation_scale * (c.attention_range[1] - c.attention_range[0]))
         if c.search_attention and nudge:
             attention += step
-        return self._candidate(searched, n_hat, attention)
+        # A pair that joins the searched ones starts from its NTK value, which projection lifts to s.
+        factors = np.concatenate([np.asarray(parent.factors[:k], dtype=np.float64), searched])
+        return self._candidate(factors, self._move_critical(k), n_hat, attention)
 
     def crossover(self, first: Candidate, second: Candidate) -> Candidate:
-        picks = self.rng.random(self.space.n + 2) < 0.5
-        searched = np.where(picks[:-2], self._searched(first), self._searched(second))
+        """Pair by pair from either parent (full vectors, as the parents may split differently); the split of one."""
+        picks = self.rng.random(self.config.pairs + 2) < 0.5
+        factors = np.where(picks[:-2], np.asarray(first.factors), np.asarray(second.factors))
         n_hat = first.n_hat if picks[-2] else second.n_hat
         attention = first.attention_factor if picks[-1] else second.attention_factor
-        return self._candidate(searched, n_hat, attention)
+        k = first.critical_dim
+        if self.space.moves and self.rng.random() < 0.5:
+            k = second.critical_dim
+        return self._candidate(factors, k, n_hat, attention)
 
     def seeds(self) -> list[Candidate]:
         attention = self.space.attention(default_attention(self.config))
         n_hat = self.config.n_hat_choices[0]
-        return [Candidate(tuple(v), n_hat, attention) for v in seed_factors(self.config).values()]
+        out = []
+        for factors in seed_factors(self.config).values():
+            out.append(self._candidate(np.asarray(factors), self.space.critical_of(factors), n_hat, attention))
+        return out
 
     # -- evaluation
 
@@ -657,7 +759,7 @@ class _Search:
             "version": STATE_VERSION,
             "config": self.config.to_json(),
             "generation": self.generation,
-            "critical_dim": self.space.k,
+            "critical_window": list(self.space.window),
             "population": [e.to_json() for e in self.population],
             "best": self.population[0].to_json(),
             "cache": [Evaluated(Candidate(*key), value).to_json() for key, value in self.cache.items()],
@@ -671,7 +773,9 @@ class _Search:
 
     def restore(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"resume_from: unknown search state version {state.get('version')!r}")
+            raise SearchStateError(
+                f"resume_from: search state version {state.get('version')!r}, this search writes {STATE_VERSION}"
+            )
         saved = SearchConfig.from_json(state["config"]).to_json()
         mine = self.config.to_json()
         for name in mine:
@@ -701,7 +805,8 @@ class _Search:
             attention_factor=best.candidate.attention_factor,
             n_hat=best.candidate.n_hat,
             mode=self.config.mode,
-            critical_dim=self.space.k,
+            critical_dim=best.candidate.critical_dim,
+            critical_window=self.space.window,
             history=list(self.history),
             evaluations=self.evaluations,
             skipped=self.skipped,

@@ -31,7 +31,9 @@ from gpu_workers.reporter import Measurement, Reporter
 from gpu_workers.search import (
     Candidate,
     SearchConfigError,
+    SearchStateError,
     batched_perplexity_fitness,
+    critical_window,
     rope_override,
     search,
     to_method_params,
@@ -140,12 +142,17 @@ def run_search(spec: RunSpec, loaded: LoadedModel, reporter: Reporter, progress:
             _write_json(state_path, state)
 
     batching = f", {fitness_args['batch_candidates']} candidates per forward batch" if mode == "longrope" else ""
+    if mode == "longrope2":
+        low, high = critical_window(config)
+        batching += (f", critical dimension fixed at pair {low}" if low == high
+                     else f", critical dimension searched in pairs {low}–{high}")
     reporter.log(f"{mode} search at {length} tokens on {len(docs)} training documents: population "
                  f"{config.population}, {config.generations} generations{batching}")
     try:
         result = search(config, **fitness_args, on_generation=on_generation, should_stop=reporter.should_stop,
                         resume_from=resume)
-    except SearchConfigError as exc:
+    except (SearchConfigError, SearchStateError) as exc:
+        # A state of another format (an older worker's) or another search cannot be continued; this one can start.
         if resume is None:
             raise
         reporter.log(f"the saved search state does not fit this search ({exc}); starting afresh")
@@ -159,6 +166,7 @@ def run_search(spec: RunSpec, loaded: LoadedModel, reporter: Reporter, progress:
         summary = work / "search_result.json"
         _write_json(summary, {"result": result.to_json(), "method_params": method_params})
         reporter.artifact("search_result", str(summary))
+    split = f", critical dimension {result.critical_dim}" if mode == "longrope2" else ""
     reporter.log(f"best fitness {result.fitness:.3f} after {result.evaluations} evaluations "
-                 f"({result.skipped} repeats skipped{', stopped early' if result.stopped_early else ''})")
+                 f"({result.skipped} repeats skipped{', stopped early' if result.stopped_early else ''}){split}")
     return method_params

@@ -136,6 +136,7 @@ class EvalSpec:
 
 
 TRAIN_MODES = ("none", "finetune", "continual_pretrain")
+MAX_POSE_CHUNKS = 16
 DATA_STRATEGIES = ("per_source", "global", "upsample_sources", "truncate")
 
 
@@ -154,7 +155,7 @@ class TrainSpec:
     batch_size: int = 1
     grad_accum: int = 1
     train_length: int = 0
-    """Tokens per training sequence; 0 = the experiment's target length."""
+    """Tokens per training sequence; 0 = the experiment's target length (the original context with PoSE)."""
     gradient_checkpointing: bool = False
     lora: bool = False
     lora_rank: int = 8
@@ -165,8 +166,14 @@ class TrainSpec:
     """Shifted sparse attention while training (LongLoRA); evaluation always uses full attention."""
     s2_group_fraction: float = 0.25
     mixed_windows: bool = False
-    """LongRoPE2: short sequences (original length, original RoPE) interleaved with long, rescaled ones."""
+    """LongRoPE2: short sequences of the original length interleaved with long ones, each trained with the RoPE
+    the method uses at that length when evaluated (LongRoPE's short factors, dynamic NTK's original base)."""
     short_fraction: float = 0.5
+    pose: bool = False
+    """PoSE (Zhu et al. 2024): train at a short window whose position ids skip forward to span the target
+    length, so every relative distance up to the target is seen without training at the target."""
+    pose_chunks: int = 2
+    """PoSE: chunks each training sequence is cut into; all but the first get a skip in their position ids."""
     data_strategy: str = "per_source"
     long_threshold: int = 0
     """Documents at least this long count as long for upsampling; 0 = the training length."""
@@ -192,6 +199,15 @@ class TrainSpec:
             (self.lora_alpha > 0, "lora_alpha", "LoRA alpha must be positive"),
             (0 < self.s2_group_fraction <= 0.5, "s2_group_fraction", "S2-Attn groups are at most half a sequence"),
             (0 < self.short_fraction < 1, "short_fraction", "the short-window share must be between 0 and 1"),
+            (1 <= self.pose_chunks <= MAX_POSE_CHUNKS, "pose_chunks",
+             f"PoSE chunks must be between 1 and {MAX_POSE_CHUNKS}"),
+            # PoSE's short window already stands in for the long one: S2-Attn would shorten attention again
+            # (and its groups assume contiguous positions), and mixed windows would add a second, conflicting
+            # notion of which steps are short.
+            (not (self.pose and self.s2_attn), "s2_attn", "S2-Attn cannot be combined with PoSE: PoSE already "
+             "trains at a short window; turn one of them off"),
+            (not (self.pose and self.mixed_windows), "mixed_windows", "mixed context windows cannot be combined "
+             "with PoSE: PoSE's short window already spans the target positions; turn one of them off"),
             (self.data_strategy in DATA_STRATEGIES, "data_strategy", f"data strategy must be one of {DATA_STRATEGIES}"),
             (self.long_threshold >= 0, "long_threshold", "the long-document threshold cannot be negative"),
             (0 <= self.keep_short_p <= 1, "keep_short_p", "the short-document keep probability is between 0 and 1"),
@@ -209,8 +225,16 @@ class TrainSpec:
     def enabled(self) -> bool:
         return self.mode != "none"
 
-    def length_for(self, target_length: int) -> int:
-        return self.train_length or target_length
+    def length_for(self, target_length: int, original_length: int | None = None) -> int:
+        """Tokens per training sequence. Blank means the target, except with PoSE, whose whole point is to train
+        at the original window while the position ids reach the target: it needs ``original_length``."""
+        if self.train_length:
+            return self.train_length
+        if self.pose:
+            if original_length is None:
+                raise ValueError("with PoSE a blank training length means the original context: pass it")
+            return original_length
+        return target_length
 
 
 @dataclass(frozen=True)

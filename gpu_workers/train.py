@@ -11,10 +11,26 @@ Choices, each following the context-extension papers unless said otherwise:
   one a single process computes on the whole micro-batch (all rows have the training length). An optimizer
   step is ``grad_accum`` micro-steps; gradients are clipped to norm 1.0.
 * **Data order**: ``data.long`` is consumed in order. With mixed windows (LongRoPE2), a seeded choice of
-  ``round(steps × short_fraction)`` optimizer steps are *short* steps: they take ``data.short`` rows in
-  order and run with the original RoPE (:func:`gpu_workers.evaluate.retention.original_rope`). A stream
-  shorter than its steps need (``build_training_data`` rounds the share per row, the schedule per step)
-  wraps around to its start.
+  ``round(steps × short_fraction)`` optimizer steps are *short* steps: they take ``data.short`` rows (the
+  original length) in order. A stream shorter than its steps need (``build_training_data`` rounds the share
+  per row, the schedule per step) wraps around to its start.
+* **RoPE while training**: every sequence trains with exactly the RoPE (frequencies and attention scale) the
+  method uses for that length at evaluation, so nothing is swapped: transformers' rotary embedding already
+  picks LongRoPE's short factors within the original context and resets dynamic NTK to its original base for
+  a short input. What it does not do is shrink a dynamic cache grown by a long step for a following step of
+  exactly the original length (its reset needs ``seq_len < original``), where evaluation, which calls
+  :func:`~gpu_workers.evaluate.perplexity.reset_rotary_cache` before each pass, computes the original base;
+  so that reset runs before every forward here too (and once more at the end, leaving the model as loaded).
+  Mixed windows for a method whose RoPE does not change with the length are refused before training
+  (:mod:`gpu_workers.mixed_windows`).
+* **PoSE** (Zhu et al. 2024): each sequence of the (short) training length gets the position ids of
+  :func:`gpu_workers.data.training.pose_position_ids`, chunks skipped forward over ``data.pose_target_length``;
+  they are seeded by the run's seed and the row's index in the stream, so a resumed or multi-process run
+  feeds every row the ids a single uninterrupted run does. The forward gets an explicit all-ones attention
+  mask besides: without one, transformers reads jumps in position ids as boundaries of packed sequences and
+  would stop the chunks attending to each other. A length-dependent RoPE sees ``max(position_ids) + 1``,
+  PoSE's intent; with several rows per micro-batch that is the largest of their spans (transformers
+  computes one rotary per forward pass).
 * **LoRA** (peft): rank/alpha from the spec on the attention projections; with
   ``train_embeddings_and_norms`` the input embeddings and every norm layer train too (LongLoRA). The
   adapters are merged afterwards, so the returned model is the caller's plain transformers model.
@@ -41,15 +57,15 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gpu_workers.data.training import TrainData
-from gpu_workers.evaluate.retention import original_rope
+from gpu_workers.data.training import TrainData, pose_position_ids
+from gpu_workers.evaluate.perplexity import reset_rotary_cache
 from gpu_workers.reporter import Cancelled
 from gpu_workers.spec import TrainSpec
 
@@ -82,7 +98,7 @@ class TrainResult:
 
 
 def step_kinds(steps: int, short_fraction: float, seed: int, mixed: bool) -> list[bool]:
-    """For each optimizer step, whether it is a short (original-length, original-RoPE) step.
+    """For each optimizer step, whether it is a short (original-length) step.
 
     A seeded sample of exactly ``round(steps × short_fraction)`` steps, so that the share is exact and the
     schedule is the same in every process and on every resume.
@@ -170,9 +186,21 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 # --- checkpoints ------------------------------------------------------------------------------------------
 
 
+POSE_SETTINGS = ("pose", "pose_chunks")
+
+
 def _fingerprint(spec: TrainSpec, data: TrainData, trainable: list[str], world: int) -> str:
-    """What a checkpoint must match to be resumed: settings (all but the checkpoint interval) and data."""
+    """What a checkpoint must match to be resumed: settings (all but the checkpoint interval) and data.
+
+    PoSE's settings and the length its positions spread over count only when PoSE is on, so a checkpoint
+    written before PoSE existed still resumes (its fingerprint had neither).
+    """
     settings = {k: v for k, v in asdict(spec).items() if k != "checkpoint_every"}
+    if spec.pose:
+        settings["pose_target_length"] = data.pose_target_length
+    else:
+        for key in POSE_SETTINGS:
+            settings.pop(key, None)
     rows = hashlib.sha256()
     for stream in (data.long, data.short):
         rows.update(f"{len(stream)}:".encode())
@@ -236,24 +264,55 @@ def _forked_rng(device: torch.device) -> Iterator[None]:
 # --- the loop ---------------------------------------------------------------------------------------------
 
 
-def _rows(stream: list[list[int]], ordinal: int, micro: int, spec: TrainSpec) -> list[list[int]]:
-    """The global micro-batch ``micro`` of the ``ordinal``-th step that reads ``stream`` (wrapping around)."""
+def _row_indices(ordinal: int, micro: int, spec: TrainSpec) -> list[int]:
+    """Stream indices of the global micro-batch ``micro`` of the ``ordinal``-th step that reads a stream.
+
+    Not wrapped: a row read a second time (a stream shorter than the steps) keeps a distinct index, so PoSE
+    draws it fresh position ids.
+    """
     start = (ordinal * spec.grad_accum + micro) * spec.batch_size
-    return [stream[(start + j) % len(stream)] for j in range(spec.batch_size)]
+    return [start + j for j in range(spec.batch_size)]
 
 
-def _check_inputs(data: TrainData, spec: TrainSpec, kinds: list[bool], original_inv_freq: list[float] | None,
-                  world: int) -> None:
+def _rows(stream: list[list[int]], indices: list[int]) -> list[list[int]]:
+    """The rows at ``indices``, wrapping around the stream."""
+    return [stream[i % len(stream)] for i in indices]
+
+
+def pose_ids(spec: TrainSpec, data: TrainData, rows: list[list[int]], indices: list[int]) -> list[list[int]]:
+    """PoSE position ids of ``rows`` (stream indices ``indices``): a function of the seed and the index only."""
+    return [pose_position_ids(len(row), data.pose_target_length, spec.pose_chunks, f"{spec.seed}:{index}")
+            for row, index in zip(rows, indices, strict=True)]
+
+
+def forward_inputs(ids: torch.Tensor, position_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The model inputs of one training forward (``labels`` = ``input_ids``, no cache).
+
+    With position ids (PoSE) an all-ones attention mask goes along: transformers otherwise takes every jump in
+    the ids for the start of another packed sequence and masks attention across it, isolating the chunks.
+    """
+    inputs = {"input_ids": ids, "labels": ids}
+    if position_ids is not None:
+        inputs["position_ids"] = position_ids
+        inputs["attention_mask"] = torch.ones_like(ids)
+    return inputs
+
+
+def _check_inputs(data: TrainData, spec: TrainSpec, kinds: list[bool], world: int) -> None:
     if spec.batch_size % world:
         raise ValueError(f"the batch size {spec.batch_size} (global, per micro-step) must split evenly across "
                          f"{world} processes")
     if not all(kinds) and not data.long:
         raise ValueError("no long training sequences")
-    if any(kinds):
-        if not data.short:
-            raise ValueError("mixed-window training needs short sequences (TrainData.short)")
-        if original_inv_freq is None:
-            raise ValueError("mixed-window training needs the original inverse frequencies for its short steps")
+    if any(kinds) and not data.short:
+        raise ValueError("mixed-window training needs short sequences (TrainData.short)")
+    if spec.pose:
+        length = len(data.long[0])
+        if data.pose_target_length <= length:
+            raise ValueError(f"PoSE spreads position ids over the target length, so it trains at a shorter window: "
+                             f"the target is {data.pose_target_length} tokens and the training length {length}")
+        if length < spec.pose_chunks:
+            raise ValueError(f"PoSE cannot cut {length}-token sequences into {spec.pose_chunks} chunks")
     if spec.s2_attn:
         from gpu_workers.s2_attn import group_size_for
 
@@ -267,7 +326,6 @@ def train(
     data: TrainData,
     spec: TrainSpec,
     *,
-    original_inv_freq: list[float] | None = None,
     work_dir: Path | None = None,
     on_step: Callable[[int, float, float], None] = lambda step, loss, lr: None,
     should_stop: Callable[[], bool] = lambda: False,
@@ -288,7 +346,7 @@ def train(
     is_main = accelerator.is_main_process if accelerator is not None else True
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     kinds = step_kinds(spec.steps, spec.short_fraction, spec.seed, spec.mixed_windows)
-    _check_inputs(data, spec, kinds, original_inv_freq, world)
+    _check_inputs(data, spec, kinds, world)
     ordinals, seen = [], [0, 0]
     for short in kinds:
         ordinals.append(seen[short])
@@ -349,29 +407,27 @@ def train(
                 for step in range(start, spec.steps):
                     if _stop(should_stop, accelerator, device):
                         raise Cancelled(f"training stopped before step {step + 1} of {spec.steps}")
-                    short = kinds[step]
-                    stream = data.short if short else data.long
-                    rope: AbstractContextManager[None] = (
-                        original_rope(model, original_inv_freq) if short and original_inv_freq is not None
-                        else nullcontext()
-                    )
+                    stream = data.short if kinds[step] else data.long
                     lr = optimizer.param_groups[0]["lr"]
                     optimizer.zero_grad(set_to_none=True)
                     micro_losses = []
-                    with rope:
-                        for micro in range(spec.grad_accum):
-                            rows = _rows(stream, ordinals[step], micro, spec)
-                            tokens += sum(len(r) for r in rows)
-                            ids = torch.tensor(rows[rank::world], dtype=torch.long, device=device)
-                            last = micro == spec.grad_accum - 1
-                            sync = nullcontext() if last or accelerator is None else accelerator.no_sync(wrapped)
-                            autocast = (torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None
-                                        else nullcontext())
-                            with sync:
-                                with autocast:
-                                    loss = wrapped(input_ids=ids, labels=ids, use_cache=False).loss
-                                scaler.scale(loss / spec.grad_accum).backward()
-                            micro_losses.append(loss.detach().float())
+                    for micro in range(spec.grad_accum):
+                        indices = _row_indices(ordinals[step], micro, spec)
+                        rows = _rows(stream, indices)
+                        tokens += sum(len(r) for r in rows)
+                        ids = torch.tensor(rows[rank::world], dtype=torch.long, device=device)
+                        positions = (torch.tensor(pose_ids(spec, data, rows, indices)[rank::world],
+                                                  dtype=torch.long, device=device) if spec.pose else None)
+                        last = micro == spec.grad_accum - 1
+                        sync = nullcontext() if last or accelerator is None else accelerator.no_sync(wrapped)
+                        autocast = (torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None
+                                    else nullcontext())
+                        reset_rotary_cache(model)  # each forward starts from the rotary evaluation starts from
+                        with sync:
+                            with autocast:
+                                loss = wrapped(**forward_inputs(ids, positions), use_cache=False).loss
+                            scaler.scale(loss / spec.grad_accum).backward()
+                        micro_losses.append(loss.detach().float())
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
                     scaler.step(optimizer)
@@ -399,6 +455,7 @@ def train(
         finally:
             if spec.lora and not finished and net is not model:
                 net.unload()  # drop the adapters unmerged: the caller gets its plain model back
+            reset_rotary_cache(model)  # no dynamic cache grown by the last step outlives training
             _restore(model, requires_grad, dtypes, spec.gradient_checkpointing and not checkpointing_before)
     if path is not None:
         if accelerator is not None:

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 from gpu_workers.data.training import build_training_data
 from gpu_workers.device import Placement, place
 from gpu_workers.loading import load
+from gpu_workers.mixed_windows import check as check_mixed_windows
 from gpu_workers.reporter import Cancelled
-from gpu_workers.rope_theory import original_frequencies
 from gpu_workers.spec import RunSpec
 from gpu_workers.train import TrainResult, train
 
@@ -53,10 +53,11 @@ def run(spec: RunSpec, out: Path, *, accelerator: accelerate.Accelerator | None 
     if accelerator is not None:  # each process computes on the device accelerate gave it
         placement = Placement(accelerator.device, placement.dtype)
     loaded = load(spec.model_source, spec.method, spec.target_length, placement)
+    if spec.train.mixed_windows:  # the composer refuses these; a hand-written spec is refused here
+        check_mixed_windows(spec.method.family, loaded.facts.rope)
     data = build_training_data(spec, loaded.tokenizer, loaded.facts.original_context)
-    original = original_frequencies(loaded.facts.rope) if spec.train.mixed_windows else None
     model, result = train(
-        loaded.model, data, spec.train, original_inv_freq=original,
+        loaded.model, data, spec.train,
         work_dir=Path(spec.work_dir) if spec.work_dir else None,
         should_stop=(lambda: stop_file.exists()) if stop_file is not None else (lambda: False),
         accelerator=accelerator,

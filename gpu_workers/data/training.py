@@ -5,6 +5,8 @@ large enough (``POOL_FACTOR`` × the tokens the steps consume) for the upsamplin
 its long/short and per-source statistics meaningful. Mixed-window training (LongRoPE2) gets a
 second stream of sequences at the original length; synthetic passkey sequences can be mixed in
 at a chosen share, since plain text fine-tuning is known to erase retrieval on small models.
+PoSE keeps the sequences as they are (packed at the short training length, in the same order) and
+only changes their position ids (:func:`pose_position_ids`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class TrainData:
     before: dict[str, Any] = field(default_factory=dict)
     after: dict[str, Any] = field(default_factory=dict)
     """Mixture statistics of the document pool before and after the data strategy."""
+    pose_target_length: int = 0
+    """PoSE: the length the position ids of ``long`` spread over (the run's target); 0 without PoSE."""
 
 
 def sequences_needed(spec: RunSpec) -> int:
@@ -84,9 +88,35 @@ def _interleave(text: list[list[int]], extra: list[list[int]], share: float, tot
     return out
 
 
+def pose_position_ids(length: int, target_length: int, chunks: int, seed: str | int) -> list[int]:
+    """PoSE's position ids for one sequence of ``length`` tokens trained for a ``target_length`` context.
+
+    The sequence is cut into ``chunks`` non-empty chunks at seeded random points; chunk i keeps its own
+    consecutive positions shifted by a skip u_i, with u_0 = 0 and u_i drawn uniformly from [u_{i-1},
+    target − length] (Zhu et al. 2024), so ids rise strictly, start at 0 and end at most at target − 1, and
+    over many sequences every relative distance below the target occurs. Pure: the same arguments give the
+    same ids, whatever else has drawn random numbers (a resumed run and every process agree). One chunk
+    gives plain positions 0 … length − 1.
+    """
+    if not 1 <= chunks <= length:
+        raise ValueError(f"PoSE needs between 1 and {length} chunks for a {length}-token sequence, not {chunks}")
+    if length > target_length:
+        raise ValueError(f"a {length}-token sequence cannot spread over a {target_length}-token target")
+    rng = random.Random(f"pose:{seed}")
+    bounds = [0, *sorted(rng.sample(range(1, length), chunks - 1)), length]
+    room = target_length - length
+    ids: list[int] = []
+    skip = 0
+    for i in range(chunks):
+        if i:
+            skip = rng.randint(skip, room)
+        ids.extend(range(bounds[i] + skip, bounds[i + 1] + skip))
+    return ids
+
+
 def build_training_data(spec: RunSpec, tokenizer: Any, original_length: int) -> TrainData:
     t = spec.train
-    length = t.length_for(spec.target_length)
+    length = t.length_for(spec.target_length, original_length)
     needed = sequences_needed(spec)
     short_needed = round(needed * t.short_fraction) if t.mixed_windows else 0
     long_needed = needed - short_needed
@@ -112,7 +142,8 @@ def build_training_data(spec: RunSpec, tokenizer: Any, original_length: int) -> 
         short_packed = [list(p.tokens) for p in upsampling.pack(chosen, original_length, seed=t.seed + 1,
                                                                  separator_id=separator)]
         short = [short_packed[i % len(short_packed)] for i in range(short_needed)]
-    return TrainData(long, short, before.to_json(), after.to_json())
+    return TrainData(long, short, before.to_json(), after.to_json(),
+                     pose_target_length=spec.target_length if t.pose else 0)
 
 
 def search_documents(spec: RunSpec, tokenizer: Any, length: int, count: int) -> list[list[int]]:

@@ -51,11 +51,10 @@ class LengthResult:
 
 
 def reset_rotary_cache(model: torch.nn.Module) -> None:
-    """Put every dynamic rotary embedding back to its original frequencies."""
-    for module in model.modules():
-        if hasattr(module, "original_inv_freq") and hasattr(module, "max_seq_len_cached"):
-            module.inv_freq.copy_(module.original_inv_freq.to(module.inv_freq.device))
-            module.max_seq_len_cached = module.original_max_seq_len
+    """Put every dynamic rotary embedding back to its original frequencies (and attention scaling)."""
+    from gpu_workers.position_patches import reset_rotary_cache as reset
+
+    reset(model)
 
 
 @torch.no_grad()

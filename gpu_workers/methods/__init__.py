@@ -6,20 +6,40 @@ the field); ``rope_setup`` turns canonical parameters into transformers v5 ``rop
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from gpu_workers.methods import base_change, llama3, longrope, longrope_search, none, ntk, pi, yarn
+from gpu_workers.methods import (
+    base_change,
+    dynamic_yarn,
+    llama3,
+    longrope,
+    longrope_search,
+    none,
+    ntk,
+    pi,
+    rerope,
+    self_extend,
+    yarn,
+)
+from gpu_workers.methods.attention_temperature import MODIFIERS, with_modifiers
 from gpu_workers.methods.base import Family, MethodError, Param, RopeFacts, RopeSetup, coerce, default_factor
 
+_SEARCHES = (longrope_search.FAMILY, longrope_search.FAMILY2)
 FAMILIES: dict[str, Family] = {
-    family.name: family
+    family.name: family if family in _SEARCHES else replace(family, params=family.params + MODIFIERS)
     for family in (
-        none.FAMILY, pi.FAMILY, ntk.FIXED, ntk.DYNAMIC, yarn.FAMILY, llama3.FAMILY, longrope.FAMILY, base_change.FAMILY,
-        longrope_search.FAMILY, longrope_search.FAMILY2,
+        none.FAMILY, pi.FAMILY, ntk.FIXED, ntk.DYNAMIC, yarn.FAMILY, dynamic_yarn.FAMILY, llama3.FAMILY,
+        longrope.FAMILY, base_change.FAMILY, self_extend.FAMILY, rerope.RE_ROPE, rerope.LEAKY, *_SEARCHES,
     )
 }
+"""Every family; all but the searches also take the modifiers (log-n attention)."""
+_MODIFIER_DEFAULTS = {p.name: p.default for p in MODIFIERS}
 
-__all__ = ["FAMILIES", "Family", "MethodError", "Param", "RopeFacts", "RopeSetup", "get", "rope_setup", "validate"]
+__all__ = [
+    "FAMILIES", "Family", "MethodError", "Param", "RopeFacts", "RopeSetup", "export_refusal", "get", "rope_setup",
+    "validate",
+]
 
 
 def get(name: str) -> Family:
@@ -50,11 +70,27 @@ def validate(name: str, params: dict[str, Any], base: RopeFacts, target_length: 
         family.check(base, target_length, clean)
     # Fill derived defaults so two spellings of one configuration compare equal.
     setup = family.build(base, target_length, clean)
+    derived = {**(setup.attention or {}), **setup.rope_parameters}
     for param in family.params:
-        if param.name not in clean and param.name in setup.rope_parameters:
-            clean[param.name] = setup.rope_parameters[param.name]
+        if param.name not in clean and param.name in derived:
+            clean[param.name] = derived[param.name]
+    # A modifier left off is not written, so a method saved before modifiers existed keeps its hash.
+    for name_, default in _MODIFIER_DEFAULTS.items():
+        if clean.get(name_) == default:
+            del clean[name_]
     return clean
 
 
+def export_refusal(name: str, params: dict[str, Any]) -> str:
+    """Why an export of this method would not reproduce it in plain transformers ("" = it would). Torch-free."""
+    refusal = get(name).export_refusal
+    if not refusal and params.get("log_n"):
+        refusal = "log-n attention scales the queries inside the attention layers, which a transformers config " \
+                  "cannot describe"
+    return refusal
+
+
 def rope_setup(name: str, params: dict[str, Any], base: RopeFacts, target_length: int) -> RopeSetup:
-    return get(name).build(base, target_length, validate(name, params, base, target_length))
+    """What the method changes (config and attention plan), from parameters validated here."""
+    clean = validate(name, params, base, target_length)
+    return with_modifiers(get(name).build(base, target_length, clean), clean, base)

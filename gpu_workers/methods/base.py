@@ -94,21 +94,30 @@ class Param:
     name: str
     label: str
     kind: type
-    """``float``, ``int`` or ``list`` (a list of floats, typed as comma-separated numbers)."""
+    """``float``, ``int``, ``bool`` (a switch: a checkbox in the composer, true / false or 1 / 0 in JSON) or
+    ``list`` (a list of floats, typed as comma-separated numbers)."""
     default: float | int | None
     """``None`` means derived from the experiment (e.g. factor = target / original)."""
     help: str
     minimum: float | None = None
     """For a list: the bound every element must meet."""
     exclusive_minimum: bool = False
+    maximum: float | None = None
+    """Inclusive upper bound (None: unbounded); for a list, every element."""
 
 
 @dataclass(frozen=True)
 class RopeSetup:
-    """What applying a method changes in a transformers v5 config."""
+    """What applying a method changes: a transformers v5 config, and for attention-level methods a plan.
+
+    ``attention`` is a torch-free description of what :mod:`gpu_workers.position_patches` installs in the
+    attention layers (Self-Extend's grouped positions, ReRoPE's clipped ones, log-n query scaling); None
+    when plain SDPA over the config's RoPE is all the method needs.
+    """
 
     rope_parameters: dict[str, Any]
     max_position_embeddings: int
+    attention: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,11 @@ class Family:
     length_dependent: bool = False
     """True when the RoPE depends on the input length, so lengths must be evaluated one by one."""
     needs_rope: bool = True
+    export_refusal: str = ""
+    """Why an export of this method would not reproduce it in plain transformers ("" = it would)."""
+    acts_on_attention: bool = False
+    """True for methods that change which positions attention sees, not the rotary frequencies: they have
+    no per-dimension scaling curve."""
 
 
 def coerce(param: Param, raw: Any) -> Any:
@@ -130,6 +144,8 @@ def coerce(param: Param, raw: Any) -> Any:
         return None
     if param.kind is list:
         return _coerce_list(param, raw)
+    if param.kind is bool:
+        return _coerce_switch(param, raw)
     try:
         value = param.kind(raw) if param.kind is float else int(str(raw).strip())
     except (TypeError, ValueError):
@@ -139,7 +155,24 @@ def coerce(param: Param, raw: Any) -> Any:
         raise MethodError(f"{param.label} must be a number.", param.name)
     if _too_small(param, value):
         raise MethodError(f"{param.label} must be {_relation(param)} {param.minimum:g}.", param.name)
+    if param.maximum is not None and value > param.maximum:
+        raise MethodError(f"{param.label} must be at most {param.maximum:g}.", param.name)
     return value
+
+
+_SWITCH_WORDS = {
+    "1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False,
+}
+
+
+def _coerce_switch(param: Param, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int | float) and raw in (0, 1):
+        return bool(raw)
+    if isinstance(raw, str) and raw.strip().lower() in _SWITCH_WORDS:
+        return _SWITCH_WORDS[raw.strip().lower()]
+    raise MethodError(f"{param.label} is a switch: true or false (1 or 0).", param.name)
 
 
 def _too_small(param: Param, value: float) -> bool:
@@ -189,6 +222,8 @@ def to_text(param: Param, value: Any) -> str:
     """The string a form shows for a value, which ``coerce`` reads back to the same value."""
     if value is None:
         return ""
+    if param.kind is bool:
+        return "1" if value else ""
     if param.kind is list:
         return ", ".join(repr(float(v)) for v in value)
     return repr(value) if isinstance(value, float) else str(value)

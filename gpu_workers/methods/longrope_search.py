@@ -27,13 +27,16 @@ SEARCH_PARAMS = (
     Param("crossover_rate", "Crossover rate", float, 0.5, "Share of children made by crossover.", 0.0),
     Param("patience", "Patience", int, 3, "Stop after this many generations without improvement; 0 = never.", 0.0),
     Param("search_documents", "Search documents", int, 8, "Training documents the fitness is measured on.", 1.0),
-    Param("search_length", "Search length", int, None, "Tokens per fitness document; blank = the target length.",
-          16.0),
+    Param("search_length", "Search length", int, None,
+          "Tokens per fitness document, more than the original context; blank = the target length.", 16.0),
     Param("seed", "Seed", int, 0, "Seed of the search's random choices.", 0.0),
 )
 SEARCH_ATTENTION = Param("search_attention", "Search attention", int, 0,
                          "1 = also search the attention scale, 0 = keep √(1 + ln s / ln L₀).", 0.0)
 SEARCH_KEYS = tuple(p.name for p in SEARCH_PARAMS) + ("search_attention",)
+CONFIG_FIELDS = {"target_length": "search_length"}
+"""SearchConfig fields a row's parameter feeds under another name: its fitness length is the search length
+(blank: the target length), so an error about it belongs beside that input."""
 
 
 def _checker(mode: str):  # noqa: ANN202 - a closure per mode
@@ -44,7 +47,7 @@ def _checker(mode: str):  # noqa: ANN202 - a closure per mode
         try:
             search_config(base, target_length, params, mode).validate()
         except SearchConfigError as exc:
-            field = exc.field if exc.field in SEARCH_KEYS else "factor"
+            field = CONFIG_FIELDS.get(exc.field, exc.field if exc.field in SEARCH_KEYS else "factor")
             raise MethodError(exc.message[0].upper() + exc.message[1:] + ".", field) from None
 
     return check
@@ -82,7 +85,8 @@ FAMILY2 = Family(
     name="longrope2_search",
     label="LongRoPE2 search",
     help="LongRoPE2 (Shang et al. 2025): factors below the critical dimension follow NTK, those above are searched "
-         "with needle-driven perplexity as the fitness; optionally the attention scale too.",
+         "with needle-driven perplexity as the fitness, and so is the critical dimension (within 2 pairs of the "
+         "theory value d_extra/2); optionally the attention scale too.",
     params=(*SEARCH_PARAMS, SEARCH_ATTENTION),
     build=build,
     check=_checker("longrope2"),

@@ -290,12 +290,14 @@ def test_the_composers_default_experiment_shows_every_phenomenon_on_the_demo_mod
     """Issue 11's acceptance: the composer's defaults (none, PI, dynamic NTK, YaRN at 4×, every evaluation).
 
     Loose orderings, each with room beside what this experiment measured on the shipped model (seed 0, 8 documents):
-    baseline perplexity 19.0 / 24.9 / 40.2 at 256 / 512 / 1024, YaRN 21.0 / 21.6 / 21.8, dynamic NTK 19.0 / 20.8 /
-    23.2; baseline passkey and needle 1.0 at 256 and 0 past it; YaRN passkey .55 / .95 / .95, needle 1.0 / .9 / .9.
+    baseline perplexity 19.0 / 24.9 / 40.2 at 256 / 512 / 1024, YaRN 21.0 / 21.6 / 21.8, dynamic NTK (factor 1, the
+    YaRN paper's: NTK scale L/L0) 19.0 / 20.7 / 25.6 (with factor 4, the old default: 19.0 / 20.8 / 23.2); baseline
+    passkey and needle 1.0 at 256 and 0 past it; YaRN passkey .55 / .95 / .95, needle 1.0 / .9 / .9.
     """
     from experiments.forms import DEFAULT_SUITE, INITIAL_FAMILIES
 
-    methods = [{"family": family, "params": {}} for family in INITIAL_FAMILIES]  # factor 4 from the target
+    # PI and YaRN take factor 4 from the target; dynamic NTK factor 1 (its scale grows as L / 256).
+    methods = [{"family": family, "params": {}} for family in INITIAL_FAMILIES]
     experiment = _submit(api, methods, target_length=1024, eval_lengths=None,
                          evaluations={"suite": list(DEFAULT_SUITE)})
     runs = {r["method"]["family"]: _wait_terminal(api, r["id"], celery_worker, timeout=600)
@@ -304,10 +306,11 @@ def test_the_composers_default_experiment_shows_every_phenomenon_on_the_demo_mod
     ppl = {family: _ppl(run) for family, run in runs.items()}
     assert set(ppl["none"]) == {256, 512, 1024}, "the composer's lengths: original, 2×, up to the 4× target"
     base, yarn, dynamic = ppl["none"], ppl["yarn"], ppl["dynamic_ntk"]
-    # Perplexity: the baseline climbs past its 256-token context; YaRN and dynamic NTK stay close to flat.
+    # Perplexity: the baseline climbs past its 256-token context; YaRN stays close to flat, and dynamic NTK (the
+    # paper's, scale L / L0) climbs less than the baseline.
     assert base[512] > 1.15 * base[256] and base[1024] > 1.5 * base[256], base
-    for curve in (yarn, dynamic):
-        assert curve[1024] < 1.3 * curve[256] and curve[1024] < base[1024] / 1.2, (curve, base)
+    assert yarn[1024] < 1.3 * yarn[256] and yarn[1024] < base[1024] / 1.2, (yarn, base)
+    assert dynamic[1024] < 1.5 * dynamic[256] and dynamic[1024] < base[1024] / 1.2, (dynamic, base)
     # Retrieval: found inside 256 by the baseline, lost past it; YaRN ×4 keeps part of it past 256.
     key = {family: _metric(run, "passkey_accuracy") for family, run in runs.items()}
     found = {family: _needle_by_length(run) for family, run in runs.items()}

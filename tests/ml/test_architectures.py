@@ -102,8 +102,9 @@ def closed_form(name: str, family: str, path: Path, seq_len: int | None = None) 
     if family == "ntk":
         return plain(d, theta * S ** (d / (d - 2))), 1.0
     if family == "dynamic_ntk":
+        # Blank factor = 1, the YaRN paper's dynamic NTK: NTK at scale L / L0 for an input of L > L0 tokens.
         length = max(seq_len or ORIGINAL, ORIGINAL)
-        return plain(d, theta * (S * length / ORIGINAL - (S - 1)) ** (d / (d - 2))), 1.0
+        return plain(d, theta * (length / ORIGINAL) ** (d / (d - 2))), 1.0
     if family == "yarn":
         return yarn_form(d, theta, S, ORIGINAL), 0.1 * math.log(S) + 1
     if family == "llama3":
@@ -174,7 +175,7 @@ def _by_hand(name: str, family: str, path: Path) -> tuple[dict[str, Any], int | 
         "none": (rope, None),
         "pi": ({"rope_type": "linear", "rope_theta": theta, "factor": S, **keep}, TARGET),
         "ntk": ({"rope_type": "default", "rope_theta": theta * S ** (d / (d - 2)), **keep}, TARGET),
-        "dynamic_ntk": ({"rope_type": "dynamic", "rope_theta": theta, "factor": S, **keep}, ORIGINAL),
+        "dynamic_ntk": ({"rope_type": "dynamic", "rope_theta": theta, "factor": 1.0, **keep}, ORIGINAL),
         "yarn": ({"rope_type": "yarn", "rope_theta": theta, "factor": S, "beta_fast": 32.0, "beta_slow": 1.0,
                   "attention_factor": 0.1 * math.log(S) + 1, **o, **keep}, TARGET),
         "llama3": ({"rope_type": "llama3", "rope_theta": theta, "factor": S, "low_freq_factor": 1.0,

@@ -36,7 +36,7 @@ def test_factor_defaults_to_target_over_original() -> None:
     assert methods.validate("pi", {"factor": "8"}, DEMO, 1024) == {"factor": 8.0}
 
 
-@pytest.mark.parametrize("family", ["pi", "ntk", "dynamic_ntk", "yarn"])
+@pytest.mark.parametrize("family", ["pi", "ntk", "yarn"])
 @pytest.mark.parametrize("bad", ["1", "0.5", "-2"])
 def test_factor_at_most_one_is_refused_naming_the_field(family: str, bad: str) -> None:
     with pytest.raises(methods.MethodError) as err:
@@ -104,6 +104,39 @@ def test_dynamic_ntk_is_unchanged_within_the_original_context_and_ntk_beyond() -
     assert torch.allclose(at_1024, 1.0 / grown ** (torch.arange(0, 32, 2, dtype=torch.float64) / 32), rtol=1e-5)
 
 
+def test_dynamic_ntk_factor_defaults_to_one_the_yarn_papers_dynamic_ntk() -> None:
+    # Blank is 1, not target / original: transformers' formula then grows the NTK scale as L / L0.
+    assert methods.validate("dynamic_ntk", {}, DEMO, 1024) == {"factor": 1.0}
+    assert methods.validate("dynamic_ntk", {"factor": "1"}, DEMO, 1024) == {"factor": 1.0}
+    assert methods.validate("dynamic_ntk", {"factor": "2.5"}, DEMO, 1024) == {"factor": 2.5}
+    at_1024 = _inv_freq(DEMO, "dynamic_ntk", {}, 1024, seq_len=1024)
+    grown = 10000 * (1024 / 256) ** (32 / 30)
+    assert torch.allclose(at_1024, 1.0 / grown ** (torch.arange(0, 32, 2, dtype=torch.float64) / 32), rtol=1e-5)
+    base = _inv_freq(DEMO, "none", {}, 256)
+    assert (base[-1] / at_1024[-1]).item() == pytest.approx(4.0, rel=1e-5), "the lowest frequency scales by L / L0"
+
+
+@pytest.mark.parametrize("bad", ["0.99", "0", "-2"])
+def test_dynamic_ntk_factor_below_one_is_refused_naming_the_field(bad: str) -> None:
+    with pytest.raises(methods.MethodError) as err:
+        methods.validate("dynamic_ntk", {"factor": bad}, DEMO, 1024)
+    assert err.value.field == "factor"
+    assert "at least 1" in err.value.message
+
+
+def test_dynamic_ntk_help_says_what_the_factor_does_at_run_time() -> None:
+    factor = next(p for p in methods.get("dynamic_ntk").params if p.name == "factor")
+    assert factor.default == 1.0
+    assert factor.minimum == 1.0 and not factor.exclusive_minimum
+    assert "factor·L/L0 − (factor − 1)" in factor.help and "L/L0" in factor.help and "YaRN" in factor.help
+
+
+def test_fixed_ntk_keeps_its_factor_above_one_and_the_target_ratio_default() -> None:
+    assert methods.validate("ntk", {}, DEMO, 1024) == {"factor": 4.0}
+    with pytest.raises(methods.MethodError, match="greater than 1"):
+        methods.validate("ntk", {"factor": "1"}, DEMO, 1024)
+
+
 def test_yarn_keeps_high_frequencies_and_interpolates_low_ones() -> None:
     base = _inv_freq(DEMO, "none", {}, 256)
     yarn = _inv_freq(DEMO, "yarn", {"factor": 4}, 1024)
@@ -117,4 +150,4 @@ def test_every_family_declares_help_and_labels() -> None:
     for family in methods.FAMILIES.values():
         assert family.label and family.help
         for param in family.params:
-            assert param.label and param.help and param.kind in (int, float, list)
+            assert param.label and param.help and param.kind in (int, float, bool, list)

@@ -54,6 +54,8 @@ def _monotone(values: tuple[float, ...]) -> bool:
 def test_demo_defaults_validate_and_round_trip_through_json() -> None:
     config = SearchConfig(mode="longrope2", search_attention=True, n_hat_choices=(0, 4), critical_dim=5)
     assert config.validate() is config
+    windowed = SearchConfig(mode="longrope2", critical_dim_window=3)
+    assert SearchConfig.from_json(json.loads(json.dumps(windowed.to_json()))) == windowed
     assert DEMO.scale == 2.0 and DEMO.pairs == 16
     text = json.dumps(config.to_json(), allow_nan=False)
     assert SearchConfig.from_json(json.loads(text)) == config
@@ -77,6 +79,12 @@ def test_demo_defaults_validate_and_round_trip_through_json() -> None:
         ({"n_hat_choices": (0, -4)}, "n_hat_choices"),
         ({"critical_dim": 3}, "critical_dim"),  # longrope mode
         ({"mode": "longrope2", "critical_dim": 16}, "critical_dim"),
+        ({"mode": "longrope2", "critical_dim_window": -1}, "critical_dim_window"),
+        ({"mode": "longrope2", "critical_dim_window": 1.5}, "critical_dim_window"),
+        # The search length (target_length) must pass the original context, whatever the factor says.
+        ({"factor": 2.0, "target_length": 256}, "target_length"),
+        ({"factor": 4.0, "target_length": 200}, "target_length"),
+        ({"mode": "longrope2", "factor": 2.0, "target_length": 256}, "target_length"),
         ({"rotary_dim": 31}, "rotary_dim"),
         ({"patience": -1}, "patience"),
     ],
@@ -147,18 +155,79 @@ def test_every_candidate_is_monotone_and_within_bounds() -> None:
     assert len({c.attention_factor for c in fitness.calls}) > 3
 
 
-def test_longrope2_keeps_pairs_below_the_critical_dimension_on_the_ntk_curve() -> None:
-    config = SearchConfig(mode="longrope2", population=8, generations=5, patience=0, mutation_scale=0.4)
+def _assert_longrope2_split(config: SearchConfig, candidate: Candidate) -> None:
+    """Below the candidate's critical dim: the NTK curve exactly (unrounded); from it on: searched, ≥ s."""
+    k = candidate.critical_dim
+    assert candidate.factors[:k] == tuple(search.ntk_factors(config.rotary_dim, config.scale)[:k])
+    assert _monotone(candidate.factors)
+    assert min(candidate.factors[k:]) >= config.scale and max(candidate.factors) <= 1.25 * config.scale
+
+
+def test_a_given_critical_dim_keeps_every_candidate_split_there() -> None:
+    config = SearchConfig(mode="longrope2", population=8, generations=5, patience=0, mutation_scale=0.4,
+                          critical_dim=6)
+    assert search.critical_window(config) == (6, 6)
     fitness = Recorder(config)
     result = search.search(config, fitness)
-    k = rope_theory.longrope2_critical_dim(32, 10000.0, 256)
-    assert result.critical_dim == k == 6
-    ntk = tuple(search.ntk_factors(32, 2.0)[:k])
+    assert result.critical_dim == 6 and result.critical_window == (6, 6)
     for candidate in fitness.calls:
-        assert candidate.factors[:k] == ntk  # exactly, not rounded
-        assert _monotone(candidate.factors)
-        assert min(candidate.factors[k:]) >= config.scale and max(candidate.factors) <= 1.25 * config.scale
-    assert len({c.factors[k:] for c in fitness.calls}) == len(fitness.calls)  # the searched part does vary
+        assert candidate.critical_dim == 6
+        _assert_longrope2_split(config, candidate)
+    assert len({c.factors[6:] for c in fitness.calls}) == len(fitness.calls)  # the searched part does vary
+
+
+def test_longrope2_searches_the_critical_dim_in_a_window_around_the_theory_value() -> None:
+    # Three seeds, all split at the theory value: any other split below comes from mutation or crossover.
+    config = SearchConfig(mode="longrope2", population=3, parents=1, generations=10, patience=0, mutation_scale=0.4)
+    theory = rope_theory.critical_dimension(32, 10000.0, 256) // 2
+    assert theory == 7 and search.critical_window(config) == (5, 9)  # ±2 pairs by default
+    assert rope_theory.longrope2_critical_dim(32, 10000.0, 256) in range(5, 10), "the old fixed split is inside"
+    fitness = Recorder(config)
+    result = search.search(config, fitness)
+    assert [c.critical_dim for c in fitness.calls[:3]] == [7, 7, 7]
+    for candidate in fitness.calls:
+        assert 5 <= candidate.critical_dim <= 9
+        _assert_longrope2_split(config, candidate)
+    assert {c.critical_dim for c in fitness.calls[3:]} - {7}, "mutation moves the split"
+    best = min(fitness.calls, key=lambda c: float(np.sum((np.asarray(c.factors) - fitness.target) ** 2)))
+    assert result.critical_dim == best.critical_dim and result.factors == list(best.factors)
+    assert result.to_json()["critical_dim"] == result.critical_dim and result.to_json()["critical_window"] == [5, 9]
+
+
+def test_critical_window_is_a_setting_clipped_to_the_pairs() -> None:
+    assert search.critical_window(SearchConfig(mode="longrope2", critical_dim_window=0)) == (7, 7)
+    assert search.critical_window(SearchConfig(mode="longrope2", critical_dim_window=20)) == (0, 15)
+    assert search.critical_window(SearchConfig()) == (0, 0), "longrope mode searches every pair"
+    # Every pair turned in training (d_extra = d): the theory value is clipped so one pair is left to search.
+    wide = SearchConfig(mode="longrope2", rotary_dim=8, rope_theta=100.0, original_context=4096, target_length=8192)
+    assert rope_theory.critical_dimension(8, 100.0, 4096) == 8 and search.critical_window(wide) == (1, 3)
+
+
+def test_longrope2_seeds_are_distinct_shapes_and_split_points() -> None:
+    config = SearchConfig(mode="longrope2", population=8, generations=0)
+    seeds = search.seed_factors(config)
+    assert list(seeds)[:3] == ["pi", "ntk", "yarn"]
+    assert len({tuple(v) for v in seeds.values()}) == len(seeds) >= 3
+    s, high = config.scale, 1.25 * config.scale
+    assert seeds["pi"][7:] == [s] * 9  # PI-shaped: s on every searched pair
+    assert seeds["ntk"][7:9] == [round(s * s ** (2 * j / 30), 4) for j in range(2)]  # NTK's growth continued past s
+    assert seeds["yarn"][7] == s and seeds["yarn"][-1] == high  # a ramp from s to the upper bound
+    # The initial population (before any mutation) is the seeds, in order, at several critical dims.
+    fitness = Recorder(config)
+    search.search(config, fitness)
+    initial = fitness.calls[: len(seeds)]
+    assert [list(c.factors) for c in initial] == list(seeds.values())
+    assert len({c.factors for c in initial}) >= 3
+    assert {c.critical_dim for c in initial} == {5, 6, 7, 8, 9}
+    assert initial[0].critical_dim == initial[1].critical_dim == initial[2].critical_dim == 7
+    for candidate in initial:
+        _assert_longrope2_split(config, candidate)
+
+
+def test_longrope_mode_seeds_are_unchanged() -> None:
+    seeds = search.seed_factors(DEMO)
+    assert list(seeds) == ["pi", "ntk", "yarn", "yarn_freq"]
+    assert len({tuple(v) for v in seeds.values()}) == 4
 
 
 # ------------------------------------------------------------------------------------------- behaviour
@@ -238,6 +307,32 @@ def test_resume_after_cancel_equals_an_uninterrupted_run() -> None:
     assert resumed.to_json() == full.to_json()
     assert len(rest.calls) == full.evaluations - saved["evaluations"]
     assert not {c.key() for c in rest.calls} & {c.key() for c in first.calls[: saved["evaluations"]]}
+
+
+def test_a_longrope2_search_with_a_moving_split_resumes_exactly() -> None:
+    config = SearchConfig(mode="longrope2", population=8, parents=3, generations=6, patience=0, mutation_scale=0.3)
+    full_states: list[dict] = []
+    full = search.search(config, Recorder(config), on_generation=full_states.append)
+    assert full_states[0]["version"] == search.STATE_VERSION == 2
+    assert full_states[0]["critical_window"] == [5, 9]
+    assert {e["critical_dim"] for e in full_states[-1]["cache"]} >= {5, 9}
+    saved = json.loads(json.dumps(full_states[2], allow_nan=False))
+    rest = Recorder(config)
+    resumed = search.search(config, rest, resume_from=saved)
+    assert resumed.to_json() == full.to_json()
+    assert len(rest.calls) == full.evaluations - saved["evaluations"]
+    with pytest.raises(SearchConfigError) as err:
+        search.search(SearchConfig(**{**config.__dict__, "critical_dim_window": 1}), Recorder(config),
+                      resume_from=saved)
+    assert err.value.field == "critical_dim_window"
+
+
+def test_a_state_of_an_older_format_is_refused_as_such() -> None:
+    states: list[dict] = []
+    search.search(DEMO, Recorder(DEMO), on_generation=states.append)
+    old = {**states[0], "version": 1}
+    with pytest.raises(search.SearchStateError, match="version 1"):
+        search.search(DEMO, Recorder(DEMO), resume_from=old)
 
 
 def test_resume_may_extend_generations_but_not_change_the_search() -> None:

@@ -38,6 +38,30 @@ def test_search_rows_validate_like_any_method_and_name_the_bad_field() -> None:
     assert caught.value.field == "parents" and "less than population" in str(caught.value)
 
 
+@pytest.mark.parametrize("family", ["longrope_search", "longrope2_search"])
+def test_a_search_length_within_the_original_context_is_refused_on_its_field(family: str) -> None:
+    base = inspect_model(str(DEMO_MODEL_DIR)).rope  # original context 256
+    for params, target in (({"factor": 4, "search_length": 256}, 1024), ({"factor": 4, "search_length": 128}, 1024),
+                           ({"factor": 2}, 256)):  # blank search length = a target at the original context
+        with pytest.raises(methods.MethodError) as caught:
+            methods.validate(family, params, base, target)
+        assert caught.value.field == "search_length", params
+        assert "must exceed the original context of 256 tokens" in caught.value.message
+    assert methods.validate(family, {"factor": 4, "search_length": 257}, base, 1024)["search_length"] == 257
+
+
+def test_a_longrope2_run_reports_the_split_it_chose_and_restarts_over_an_old_state(tmp_path: Path) -> None:
+    (tmp_path / "search_state.json").write_text(json.dumps({"version": 1, "generation": 1}))
+    reporter = MemoryReporter()
+    pipeline.run(_spec(tmp_path, "longrope2_search"), reporter)
+    assert any("does not fit this search" in line and "starting afresh" in line for line in reporter.lines)
+    assert any("critical dimension searched in pairs 5–9" in line for line in reporter.lines), reporter.lines
+    (chosen,) = [m.value for m in reporter.measurements if m.metric == "search_critical_dim"]
+    summary = json.loads(Path(dict(reporter.artifacts)["search_result"]).read_text())["result"]
+    assert 5 <= chosen <= 9 and summary["critical_dim"] == chosen and summary["critical_window"] == [5, 9]
+    assert json.loads((tmp_path / "search_state.json").read_text())["version"] == 2
+
+
 def test_a_search_run_streams_generations_saves_factors_and_evaluates_them(tmp_path: Path) -> None:
     reporter = MemoryReporter()
     pipeline.run(_spec(tmp_path), reporter)

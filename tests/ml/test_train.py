@@ -1,4 +1,4 @@
-"""The training step: learning, LoRA, S2-Attn, mixed windows, checkpoints and resume, cancel, multi-process.
+"""The training step: learning, LoRA, S2-Attn, checkpoints and resume, cancel, multi-process.
 
 Everything trains the shipped demo model (PI ×4) for a handful of steps on the builtin corpus. Torch runs on
 one thread here: the development machine's two cores are shared, and two spinning OpenMP threads on a busy
@@ -29,10 +29,9 @@ from gpu_workers.demo import DEMO_MODEL_DIR
 from gpu_workers.device import place
 from gpu_workers.loading import LoadedModel, load
 from gpu_workers.reporter import Cancelled, MemoryReporter
-from gpu_workers.rope_theory import original_frequencies
 from gpu_workers.s2_attn import s2_attention, shifted_sparse_attention
 from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec, TrainSpec
-from gpu_workers.train import checkpoint_path, step_kinds, train
+from gpu_workers.train import checkpoint_path, train
 
 REPO = Path(__file__).resolve().parents[2]
 PI = MethodSpec("pi", {"factor": 4.0})
@@ -233,43 +232,7 @@ def test_training_with_s2_attn_uses_it_and_restores_full_attention(pi_model, row
 
 
 # --- mixed windows ----------------------------------------------------------------------------------------
-
-
-def test_mixed_windows_run_short_steps_with_the_original_rope(pi_model, rows) -> None:
-    model = _fresh(pi_model)
-    rotary = model.model.rotary_emb
-    method_inv_freq = rotary.inv_freq.clone()
-    original = original_frequencies(pi_model.facts.rope)
-    calls: list[tuple[int, torch.Tensor]] = []
-    hook = rotary.register_forward_hook(lambda module, args, out: calls.append((out[0].shape[1],
-                                                                               module.inv_freq.clone())))
-    spec = _spec(steps=6, mixed_windows=True, short_fraction=0.5, grad_accum=2)
-    data = TrainData(long=rows[:6], short=[row[:256] for row in rows[6:12]])
-    per_step: list[list[tuple[int, torch.Tensor]]] = []
-
-    def record(step: int, loss: float, lr: float) -> None:
-        per_step.append(calls[:])
-        calls.clear()
-
-    try:
-        train(model, data, spec, original_inv_freq=original, on_step=record)
-    finally:
-        hook.remove()
-    kinds = step_kinds(6, 0.5, spec.seed, True)
-    assert sum(kinds) == 3 and kinds == step_kinds(6, 0.5, spec.seed, True)
-    original_t = torch.tensor(original, dtype=torch.float32)
-    assert torch.allclose(original_t / 4, method_inv_freq)  # PI ×4
-    for short, forwards in zip(kinds, per_step, strict=True):
-        assert len(forwards) == 2  # one per micro-batch
-        for length, inv_freq in forwards:
-            assert length == (256 if short else LENGTH)
-            assert torch.equal(inv_freq, original_t if short else method_inv_freq)
-    assert torch.equal(rotary.inv_freq, method_inv_freq)
-
-
-def test_mixed_windows_need_the_original_frequencies(pi_model, rows) -> None:
-    with pytest.raises(ValueError, match="original inverse frequencies"):
-        train(_fresh(pi_model), TrainData(rows[:2], rows[2:4]), _spec(mixed_windows=True))
+# The RoPE of short and long steps, the step schedule and the refusal for PI-like methods: test_mixed_windows.py.
 
 
 # --- checkpoints, resume, cancel --------------------------------------------------------------------------

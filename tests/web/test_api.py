@@ -213,11 +213,15 @@ def test_cancel_via_api(request: pytest.FixtureRequest, experiment: Experiment, 
 def test_methods_lists_family_schemas(owner: Any) -> None:
     data = token_client(owner).get(reverse("api_methods")).json()
     yarn = next(f for f in data["families"] if f["name"] == "yarn")
-    assert [p["name"] for p in yarn["params"]] == ["factor", "beta_fast", "beta_slow", "attention_factor"]
+    assert [p["name"] for p in yarn["params"]] == ["factor", "beta_fast", "beta_slow", "attention_factor", "log_n"]
     assert yarn["params"][1] == {
         "name": "beta_fast", "label": "β fast", "type": "float", "default": 32.0,
-        "help": yarn["params"][1]["help"], "minimum": 0.0, "exclusive_minimum": True,
+        "help": yarn["params"][1]["help"], "minimum": 0.0, "exclusive_minimum": True, "maximum": None,
     }
+    assert (yarn["params"][4]["type"], yarn["params"][4]["default"]) == ("bool", False)
+    assert (yarn["acts_on_attention"], yarn["exportable"]) == (False, True)
+    self_extend = next(f for f in data["families"] if f["name"] == "self_extend")
+    assert (self_extend["acts_on_attention"], self_extend["exportable"]) == (True, False)
 
 
 def test_datasets_scoped(owner: Any, outsider: Any, dataset: Dataset) -> None:

@@ -151,6 +151,20 @@ def test_only_succeeded_runs_export(owner: Any, team: Team, real_model: BaseMode
     assert not Artifact.objects.exists() and not export_dir(running.uuid).exists()
 
 
+@pytest.mark.parametrize(("family", "params", "words"), [
+    ("self_extend", {}, "Self-Extend changes the attention layers"),
+    ("dynamic_yarn", {}, "transformers has no dynamic YaRN rope type"),
+    ("yarn", {"log_n": True}, "log-n attention scales the queries"),
+])
+def test_methods_a_config_cannot_hold_are_refused_with_the_reason(owner: Any, team: Team, real_model: BaseModel,
+                                                                 dataset: Dataset, family: str, params: dict,
+                                                                 words: str) -> None:
+    done = run_with(team, owner, real_model, dataset, family, params)
+    response = login(owner).post(reverse("run_export", args=[done.uuid]), follow=True)
+    assert f"This method cannot be exported: {words}" in response.content.decode()
+    assert not Artifact.objects.exists() and not export_dir(done.uuid).exists()
+
+
 def test_a_failing_export_is_reported_and_leaves_nothing(owner: Any, team: Team, base_model: BaseModel,
                                                          dataset: Dataset, data_dir: Path) -> None:
     config_only = run_with(team, owner, base_model, dataset, "pi", {})  # no weights to load

@@ -1,4 +1,5 @@
-"""Bad parameters for the newer families (Llama-3, LongRoPE, base change): a clear error on the field, nothing saved.
+"""Bad parameters for the newer families (Llama-3, LongRoPE, base change, Self-Extend, ReRoPE, Dynamic YaRN, log-n):
+a clear error on the field, nothing saved.
 
 Each case goes through the JSON API (a 400 naming ``methods.<i>.<param>``) and the composer page (the
 message right under that parameter's input in that row).
@@ -34,6 +35,12 @@ CASES = [
                  id="base-change-neither"),
     pytest.param("base_change", {"rope_theta": 500000, "extrapolation_length": 4096}, "rope_theta",
                  "Give either a new base or an extrapolation length, not both", id="base-change-both"),
+    pytest.param("self_extend", {"window": 256}, "window",
+                 "The neighbour window must be shorter than the original context (256 tokens).",
+                 id="self-extend-window-too-long"),
+    pytest.param("leaky_rerope", {"leak": 0.5}, "leak", "Leak k must be at least 1.", id="leaky-rerope-leak-below-1"),
+    pytest.param("dynamic_yarn", {"beta_fast": 1, "beta_slow": 2}, "beta_fast", "β fast must be greater than β slow.",
+                 id="dynamic-yarn-betas"),
 ]
 
 
@@ -96,3 +103,45 @@ def test_a_correct_longrope_list_and_base_change_go_through(owner: Any, team: An
     params = [run["method"]["params"] for run in response.json()["runs"]]
     assert params[0]["long_factor"] == [1.5] * 16
     assert params[1]["extrapolation_length"] == 4096 and params[1]["rope_theta"] > 10000
+
+
+def test_the_attention_methods_and_log_n_go_through_with_their_derived_defaults(
+    owner: Any, team: Any, base_model: BaseModel, dataset: Dataset
+) -> None:
+    data = body(team, base_model, dataset, methods=[
+        {"family": "self_extend"}, {"family": "rerope"}, {"family": "leaky_rerope", "params": {"window": 64}},
+        {"family": "dynamic_yarn"}, {"family": "yarn", "params": {"log_n": 1}},
+    ])
+    response = post_json(token_client(owner), reverse("api_experiments"), data)
+    assert response.status_code == 201, json.dumps(response.json())
+    runs = response.json()["runs"]
+    target = response.json()["target_length"]
+    params = [run["method"]["params"] for run in runs]
+    assert params[0] == {"window": 64, "group": -(-(target - 64) // (256 - 64))}
+    assert params[1] == {"window": 128}
+    assert params[2] == {"window": 64, "leak": (target - 64) / (256 - 64)}
+    assert params[3] == {"beta_fast": 32.0, "beta_slow": 1.0}
+    assert params[4]["log_n"] is True
+    assert [run["method"]["name"] for run in runs][4].endswith("+ log-n")
+
+
+def test_log_n_takes_a_switch_through_the_api_and_a_checkbox_in_the_composer(
+    owner: Any, team: Any, base_model: BaseModel, dataset: Dataset
+) -> None:
+    before = saved()
+    data = body(team, base_model, dataset, methods=[{"family": "yarn", "params": {"log_n": 2}}])
+    response = post_json(token_client(owner), reverse("api_experiments"), data)
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"methods.0.log_n": ["log-n attention is a switch: true or false (1 or 0)."]}
+    assert saved() == before
+
+    client = login(owner, enforce_csrf=True)
+    page = client.get(reverse("experiment_new")).content.decode()
+    assert re.search(r'<input type="checkbox" name="methods-0-yarn__log_n"', page)
+    token = csrf_token(client, reverse("experiment_new"))
+    rows = [{"family": "yarn", "yarn__log_n": "on"}, {"family": "yarn"}]
+    response = client.post(reverse("experiment_new"), {**composer_post(team, base_model, dataset, rows=rows),
+                                                       "csrfmiddlewaretoken": token})
+    assert response.status_code == 302, response.context["composer"].errors()
+    runs = Run.objects.filter(experiment__name=composer_post(team, base_model, dataset)["name"]).order_by("id")
+    assert [run.method.params.get("log_n") for run in runs] == [True, None]

@@ -59,7 +59,8 @@ def test_unbound_composer_offers_the_four_standard_rows(owner: Any) -> None:
     assert [form.initial["family"] for form in composer.methods.forms] == ["none", "pi", "dynamic_ntk", "yarn"]
     yarn_fields = [bf.name for bf in dict((f.name, fields) for f, fields in composer.methods.forms[0].family_groups()
                                           )["yarn"]]
-    assert yarn_fields == ["yarn__factor", "yarn__beta_fast", "yarn__beta_slow", "yarn__attention_factor"]
+    assert yarn_fields == ["yarn__factor", "yarn__beta_fast", "yarn__beta_slow", "yarn__attention_factor",
+                           "yarn__log_n"]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,9 @@ import math
 from typing import Any
 
 import pytest
+import torch
+from transformers import LlamaConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from experiments import rope_charts
 from experiments.models import BaseModel, Experiment, Method
@@ -49,6 +52,29 @@ def test_method_chart_is_rope_theory_effective_scaling(base_model: BaseModel, fa
                                                                         strict=True)], rel=1e-4)
     assert curve["length_dependent"] is (family in ("dynamic_ntk", "longrope"))
     assert curve["drawn_at"] == (1024 if curve["length_dependent"] else None)
+
+
+def _transformers_dynamic_scaling(factor: float, seq_len: int) -> list[float]:
+    """plain inv_freq ÷ what transformers' own ``dynamic`` init computes at ``seq_len`` on the demo geometry."""
+    config = LlamaConfig(hidden_size=DEMO_D * 4, num_attention_heads=4, max_position_embeddings=DEMO_CONTEXT,
+                         rope_parameters={"rope_type": "dynamic", "rope_theta": DEMO_THETA, "factor": factor})
+    inv_freq, _ = ROPE_INIT_FUNCTIONS["dynamic"](config, "cpu", seq_len=seq_len)
+    plain = 1.0 / DEMO_THETA ** (torch.arange(0, DEMO_D, 2, dtype=torch.int64).float() / DEMO_D)
+    return (plain / inv_freq).tolist()
+
+
+@pytest.mark.parametrize(("params", "factor", "lowest"), [({}, 1.0, 4.0), ({"factor": 2}, 2.0, 7.0)])
+def test_dynamic_ntk_is_drawn_as_transformers_applies_it_at_the_target(
+        base_model: BaseModel, params: dict[str, Any], factor: float, lowest: float) -> None:
+    # Blank factor = 1: the YaRN paper's dynamic NTK, scale L / L0 = 4 at 1024; factor 2 scales by 2·4 − 1 = 7.
+    chosen = canonical(base_model, "dynamic_ntk", params)
+    assert chosen.params == {"factor": factor}
+    curve = rope_charts.method_chart(chosen, base_model, 1024)["curve"]
+    assert curve["drawn_at"] == 1024
+    assert curve["scaling"] == pytest.approx(_transformers_dynamic_scaling(factor, 1024), rel=1e-5)
+    assert curve["scaling"][0] == 1.0 and curve["scaling"][-1] == pytest.approx(lowest, rel=1e-5)
+    # Within the original context the method is plain RoPE; the chart is not drawn there.
+    assert _transformers_dynamic_scaling(factor, DEMO_CONTEXT) == pytest.approx([1.0] * 16)
 
 
 def test_known_shapes(base_model: BaseModel) -> None:
@@ -100,3 +126,27 @@ def test_a_model_without_rope_has_no_chart(norope_model: BaseModel) -> None:
     assert "no rotary position embedding" in rope_charts.method_chart(method("none", None), norope_model, 1024)[
         "error"]
     assert rope_charts.scaling_limits([], norope_model, 1024) == []
+
+
+def test_attention_methods_draw_the_checkpoints_frequencies_and_say_what_they_change(
+    base_model: BaseModel, team: Any, owner: Any, dataset: Any, client: Any
+) -> None:
+    from django.urls import reverse
+
+    from tests.web.factories import login
+
+    experiment = make_experiment(team, owner, base_model, dataset, runs=0, lengths=(256, 1024))
+    chosen = [canonical(base_model, "self_extend", {}), canonical(base_model, "yarn", {"log_n": True}),
+              canonical(base_model, "dynamic_yarn", {})]
+    for m in chosen:
+        experiment.runs.create(method=m, status="succeeded")
+    curves = rope_charts.compare_chart(list(experiment.runs.select_related("method").order_by("id")), base_model,
+                                       1024)["curves"]
+    assert curves[0]["scaling"] == [1.0] * 16, "Self-Extend keeps the checkpoint's RoPE"
+    assert curves[0]["attention_note"] == ("leaves the rotary frequencies as drawn and keeps exact positions within "
+                                           "64 tokens and divides farther ones by 5 inside attention")
+    assert "ln(m + 1)" in curves[1]["attention_note"] and curves[1]["scaling"][-1] == pytest.approx(4.0)
+    # Dynamic YaRN is drawn at the target: YaRN ×4 there.
+    assert curves[2]["scaling"] == pytest.approx(curves[1]["scaling"]) and curves[2]["drawn_at"] == 1024
+    page = login(owner).get(reverse("experiment_detail", args=[experiment.uuid])).content.decode()
+    assert page.count('data-role="attention-note"') == 2

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from django.urls import reverse
 
 from experiments import selectors, services
-from experiments.models import Artifact, BaseModel, Dataset, Measurement, Method, Run
+from experiments.models import Artifact, BaseModel, Dataset, Experiment, Measurement, Method, Run
 from tests.web.factories import login, make_experiment, method
+from tests.web.test_forms import composer_post
 
 
 def _search_run(team: Any, owner: Any, base_model: BaseModel, dataset: Dataset) -> Run:
@@ -70,3 +72,20 @@ def test_the_composer_offers_both_searches_with_their_settings(owner: Any) -> No
     for name in ("longrope_search__population", "longrope_search__generations", "longrope_search__crossover_rate",
                  "longrope2_search__search_attention", "longrope2_search__search_documents"):
         assert f'name="methods-0-{name}"' in html, name
+
+
+@pytest.mark.parametrize("family", ["longrope_search", "longrope2_search"])
+@pytest.mark.parametrize("length", ["256", "200"])
+def test_a_search_length_within_the_original_context_is_refused_beside_the_field(
+        owner: Any, team: Any, base_model: BaseModel, dataset: Dataset, family: str, length: str) -> None:
+    assert base_model.original_context == 256
+    before = (Experiment.objects.count(), Run.objects.count(), Method.objects.count())
+    rows = [{"family": "none"}, {"family": family, f"{family}__factor": "4", f"{family}__search_length": length}]
+    response = login(owner).post(reverse("experiment_new"), composer_post(team, base_model, dataset, rows=rows))
+    assert response.status_code == 200, "the composer is shown again, not a redirect to a saved experiment"
+    field = f"{family}__search_length"
+    errors = response.context["composer"].methods.forms[1].errors
+    assert any("must exceed the original context of 256 tokens" in e for e in errors[field]), errors
+    html = response.content.decode()
+    assert f'data-field="{field}">The search length' in html
+    assert (Experiment.objects.count(), Run.objects.count(), Method.objects.count()) == before

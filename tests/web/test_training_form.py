@@ -52,6 +52,12 @@ def test_a_finetune_recipe_reaches_the_run_spec(owner: Any, team: Any, base_mode
          "Name the sources to upsample."),
         ({"train-mode": "finetune", "train-keep_short_p": 2}, "keep_short_p", "between 0 and 1"),
         ({"train-mode": "finetune", "train-steps": 0}, "steps", "greater than or equal to 1"),
+        ({"train-mode": "finetune", "train-pose": "on", "train-s2_attn": "on"}, "s2_attn",
+         "S2-Attn cannot be combined with PoSE"),
+        ({"train-mode": "finetune", "train-pose": "on", "train-mixed_windows": "on"}, "mixed_windows",
+         "Mixed context windows cannot be combined with PoSE"),
+        ({"train-mode": "finetune", "train-pose": "on", "train-pose_chunks": 17}, "pose_chunks",
+         "PoSE chunks must be between 1 and 16."),
     ],
 )
 def test_bad_training_settings_show_beside_their_field(owner: Any, team: Any, base_model: BaseModel, dataset: Dataset,
@@ -106,3 +112,95 @@ def test_the_dataset_page_previews_a_strategy_on_the_mixture(owner: Any, base_mo
 
 def test_datasets_of_other_teams_are_not_found(outsider: Any, dataset: Dataset) -> None:
     assert login(outsider).get(reverse("dataset_detail", args=[dataset.pk])).status_code == 404
+
+
+# --- PoSE ---------------------------------------------------------------------------------------------------
+
+
+def test_a_pose_recipe_is_saved_and_reaches_the_run_spec(owner: Any, team: Any, base_model: BaseModel,
+                                                         dataset: Dataset) -> None:
+    response = login(owner).post(reverse("experiment_new"), composer_post(
+        team, base_model, dataset, **{"train-mode": "finetune", "train-pose": "on", "train-pose_chunks": 3}))
+    assert response.status_code == 302, response.context["composer"].errors()
+    experiment = Experiment.objects.get()
+    assert experiment.training["pose"] is True and experiment.training["pose_chunks"] == 3
+    spec = services.run_spec_for(experiment.runs.first())
+    assert (spec.train.pose, spec.train.pose_chunks, spec.train.train_length) == (True, 3, 0)
+    assert spec.train.length_for(spec.target_length, base_model.original_context) == 256  # the original context
+
+
+def test_pose_chunks_left_blank_are_two(owner: Any, team: Any, base_model: BaseModel, dataset: Dataset) -> None:
+    composer = Composer(owner, composer_post(team, base_model, dataset, **{
+        "train-mode": "finetune", "train-pose": "on", "train-pose_chunks": ""}))
+    assert composer.is_valid(), composer.errors()
+    assert composer.cleaned()["training"]["pose_chunks"] == 2
+
+
+@pytest.mark.parametrize(("fields", "field", "message"), [
+    ({"train-train_length": 1024}, "train_length", "the training length (1024 tokens) is not shorter than the target"),
+    ({"target_length": 256}, "pose", "the model's original context (256 tokens) is not shorter than the target"),
+])
+def test_pose_needs_a_window_shorter_than_the_target(owner: Any, team: Any, base_model: BaseModel, dataset: Dataset,
+                                                     fields: dict[str, Any], field: str, message: str) -> None:
+    rows = [{"family": "none"}]  # valid at any target, also at the original context
+    response = login(owner).post(reverse("experiment_new"), composer_post(
+        team, base_model, dataset, rows=rows, **{"train-mode": "finetune", "train-pose": "on", **fields}))
+    assert response.status_code == 200
+    errors = response.context["composer"].training.errors
+    assert any(message in e for e in errors[field]), errors
+    assert Experiment.objects.count() == 0
+
+
+def test_the_api_takes_pose_like_every_training_setting(owner: Any, team: Any, base_model: BaseModel,
+                                                        dataset: Dataset) -> None:
+    client, url = token_client(owner), reverse("api_experiments")
+    tuned = post_json(client, url, body(team, base_model, dataset,
+                                        training={"mode": "finetune", "pose": True, "pose_chunks": 4}))
+    assert tuned.status_code == 201, tuned.content
+    assert tuned.json()["training"]["pose"] is True and tuned.json()["training"]["pose_chunks"] == 4
+    bad = post_json(client, url, body(team, base_model, dataset,
+                                      training={"mode": "finetune", "pose": True, "s2_attn": True}))
+    assert bad.status_code == 400
+    assert any("combined with PoSE" in m for m in bad.json()["errors"]["training.s2_attn"])
+
+
+# --- mixed context windows against the methods ----------------------------------------------------------------
+
+
+def test_mixed_windows_are_refused_for_methods_whose_rope_does_not_change_with_length(
+        owner: Any, team: Any, base_model: BaseModel, dataset: Dataset) -> None:
+    rows = [{"family": "none"}, {"family": "pi"}, {"family": "dynamic_ntk"}, {"family": "yarn"}]
+    response = login(owner).post(reverse("experiment_new"), composer_post(
+        team, base_model, dataset, rows=rows, **TRAINING_PRESET_FIELDS))
+    assert response.status_code == 200
+    errors = response.context["composer"].training.errors["mixed_windows"]
+    assert len(errors) == 1
+    message = errors[0]
+    assert ("Mixed context windows change nothing for None (baseline) (row 1), PI (linear) (row 2), YaRN (row 4)"
+            in message)
+    assert "Dynamic NTK" not in message and "default RoPE" in message
+    assert 'data-field="mixed_windows"' in response.content.decode()
+    assert Experiment.objects.count() == 0
+
+
+def test_mixed_windows_with_length_dependent_methods_are_saved(owner: Any, team: Any, base_model: BaseModel,
+                                                               dataset: Dataset) -> None:
+    rows = [{"family": "longrope"}, {"family": "dynamic_ntk"}]
+    response = login(owner).post(reverse("experiment_new"), composer_post(
+        team, base_model, dataset, rows=rows, **TRAINING_PRESET_FIELDS))
+    assert response.status_code == 302, response.context["composer"].errors()
+    assert Experiment.objects.get().training["mixed_windows"] is True
+
+
+def test_the_api_names_the_method_mixed_windows_cannot_change(owner: Any, team: Any, base_model: BaseModel,
+                                                             dataset: Dataset) -> None:
+    bad = post_json(token_client(owner), reverse("api_experiments"), body(
+        team, base_model, dataset, training=TRAINING_PRESETS["longrope2"]["settings"]))
+    assert bad.status_code == 400
+    [message] = bad.json()["errors"]["training.mixed_windows"]
+    assert "None (baseline) (row 1), YaRN (row 2)" in message and Experiment.objects.count() == 0
+
+
+TRAINING_PRESET_FIELDS = {f"train-{key}": ("on" if value is True else value)
+                          for key, value in TRAINING_PRESETS["longrope2"]["settings"].items()}
+"""The LongRoPE2 recipe as the composer posts it once the preset filled the fields."""

@@ -91,7 +91,9 @@ def experiment_detail(request: HttpRequest, experiment_id: str) -> HttpResponse:
         "suite": suite,
         "has_search": any(run.method.family in SEARCH_MODES for run in detail.runs),
         "training_on": experiment.training.get("mode", "none") != "none",
-        "train_length": experiment.training.get("train_length") or experiment.target_length,
+        "train_length": experiment.training.get("train_length") or (
+            experiment.base_model.rope_facts().original_context if experiment.training.get("pose")
+            else experiment.target_length),
         "suite_labels": [EVALUATION_LABELS[name] for name in suite if name in EVALUATION_LABELS],
         "settings": experiment.evaluations,
         "device_note": "the worker's device (CUDA when it has one, else the CPU)",

@@ -127,6 +127,8 @@ def test_a_pose_recipe_is_saved_and_reaches_the_run_spec(owner: Any, team: Any, 
     spec = services.run_spec_for(experiment.runs.first())
     assert (spec.train.pose, spec.train.pose_chunks, spec.train.train_length) == (True, 3, 0)
     assert spec.train.length_for(spec.target_length, base_model.original_context) == 256  # the original context
+    page = login(owner).get(reverse("experiment_detail", args=[experiment.uuid])).content.decode()
+    assert "steps at 256 tokens" in page, "the experiment page states PoSE's window, not the target"
 
 
 def test_pose_chunks_left_blank_are_two(owner: Any, team: Any, base_model: BaseModel, dataset: Dataset) -> None:

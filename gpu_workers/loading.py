@@ -62,6 +62,6 @@ def length_dependent(family: str, facts: ModelFacts) -> bool:
 
     *none* inherits it from the checkpoint: Phi-3's shipped LongRoPE switches factors at the original context.
     """
-    if family == "none":
-        return facts.rope.rope_type in ("dynamic", "longrope")
-    return methods.get(family).length_dependent
+    from gpu_workers.mixed_windows import rope_changes_with_length
+
+    return rope_changes_with_length(family, facts.rope)

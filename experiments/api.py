@@ -32,7 +32,7 @@ from experiments.api_auth import api_view
 from experiments.forms import MAX_METHOD_ROWS, BaseModelForm, Composer, EvaluationForm, TrainingForm
 from experiments.models import BaseModel, Dataset, Experiment, Method, Run, Team
 from gpu_workers.methods import FAMILIES
-from gpu_workers.spec import TrainSpec
+from gpu_workers.spec import RULER_TASKS, TrainSpec
 
 # --- representations ------------------------------------------------------------------------------------
 
@@ -110,7 +110,9 @@ def _pick(queryset: QuerySet[Any], ref: Any, team: Team | None, what: str) -> tu
 EVALUATION_DEFAULTS: dict[str, Any] = {
     "suite": ["perplexity"], "protocol": "truncate", "stride": None, "passkey_samples": 20, "passkey_depth": None,
     "needle_depths": [0, 0.25, 0.5, 0.75, 1], "needle_samples": 2, "needle_format": "passkey",
-    "needle_variant": "single", "needle_count": 4,
+    "needle_variant": "single", "needle_count": 4, "ruler_tasks": list(RULER_TASKS), "ruler_samples": 20,
+    "ruler_threshold": 0.85, "ruler_max_new_tokens": 0, "longppl_short_window": 0, "longppl_gain": 2.0,
+    "longppl_bound": 2.0,
 }
 """What an API body's ``evaluations`` falls back to per key; omitted entirely = perplexity only."""
 
@@ -133,8 +135,11 @@ def _evaluation_data(raw: Any, data: dict[str, Any], errors: dict[str, list[str]
     data[f"{prefix}-suite"] = suite if isinstance(suite, list) else [suite]
     depths = settings["needle_depths"]
     data[f"{prefix}-needle_depths"] = ",".join(map(str, depths)) if isinstance(depths, list) else str(depths)
+    tasks = settings["ruler_tasks"]
+    data[f"{prefix}-ruler_tasks"] = tasks if isinstance(tasks, list) else [tasks]
     for key in ("protocol", "stride", "passkey_samples", "passkey_depth", "needle_samples", "needle_format",
-                "needle_variant", "needle_count"):
+                "needle_variant", "needle_count", "ruler_samples", "ruler_threshold", "ruler_max_new_tokens",
+                "longppl_short_window", "longppl_gain", "longppl_bound"):
         data[f"{prefix}-{key}"] = "" if settings[key] is None else settings[key]
 
 

@@ -61,12 +61,12 @@ def csv_response(filename: str, columns: Sequence[str], rows: Iterable[dict[str,
 
 LEADERBOARD_COLUMNS = (
     "rank", "method", "family", "method_params", "runs", "mean", "best", "best_experiment", "best_experiment_id",
-    "base_model", "context_length", "metric",
+    "base_model", "context_length", "metric", "protocol_key", "protocol",
 )
 
 
-def leaderboard_dicts(rows: Iterable[Any], base_model_name: str, context_length: int, metric: str
-                      ) -> Iterator[dict[str, Any]]:
+def leaderboard_dicts(rows: Iterable[Any], base_model_name: str, context_length: int | None, metric: str,
+                      protocol_key: str = "", protocol: str = "") -> Iterator[dict[str, Any]]:
     """``selectors.LeaderboardRow`` objects as CSV rows."""
     for row in rows:
         yield {
@@ -82,4 +82,6 @@ def leaderboard_dicts(rows: Iterable[Any], base_model_name: str, context_length:
             "base_model": base_model_name,
             "context_length": context_length,
             "metric": metric,
+            "protocol_key": protocol_key,
+            "protocol": protocol,
         }

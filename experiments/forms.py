@@ -8,6 +8,7 @@ worker agree on what a method configuration means. Forms never save: ``services`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -20,16 +21,24 @@ from experiments.model_sources import prepare_source
 from experiments.models import BaseModel, Dataset, Team, params_hash
 from gpu_workers import mixed_windows
 from gpu_workers.data import builtin_corpus
-from gpu_workers.data.documents import DatasetError, count_long_documents, count_tokens, inspect_dataset
+from gpu_workers.data.documents import (
+    DatasetError,
+    count_long_documents,
+    count_tokens,
+    inspect_dataset,
+    tokenizer_for,
+)
 from gpu_workers.methods import FAMILIES, Family, MethodError, RopeFacts, validate
 from gpu_workers.model_facts import ModelSourceError
 from gpu_workers.spec import (
     ALL_SOURCES,
     BUILTIN_HAYSTACK_SOURCE,
     EVALUATIONS,
+    MAX_RULER_SAMPLES,
     NEEDLE_FORMATS,
     NEEDLE_VARIANTS,
     PPL_PROTOCOLS,
+    RULER_TASKS,
     DatasetSpec,
     EvalSpec,
     EvalSpecError,
@@ -304,13 +313,16 @@ class ExperimentForm(forms.Form):
 
 EVALUATION_LABELS = {
     "perplexity": "Perplexity against length",
+    "longppl": "Key-token perplexity (LongPPL)",
     "passkey": "Passkey retrieval",
     "needle": "Needle-in-a-haystack grid",
     "needle_perplexity": "Needle-driven perplexity",
+    "ruler": "RULER task set (effective length)",
     "retention": "Short-context retention",
     "memory": "Memory and time",
 }
-DEFAULT_SUITE = EVALUATIONS
+DEFAULT_SUITE = tuple(e for e in EVALUATIONS if e != "ruler")
+"""Every evaluation but RULER, whose 13 tasks × lengths × samples of greedy decoding is opt-in."""
 SPEC_FIELD_TO_FORM = {"lengths": "eval_lengths", "documents": "eval_documents"}
 
 
@@ -327,6 +339,12 @@ def parse_depths(raw: str) -> list[float]:
     if not depths:
         raise ValidationError("Give at least one depth.")
     return depths
+
+
+EVAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalSpec)}
+OPTIONAL_SETTINGS = ("ruler_samples", "ruler_threshold", "ruler_max_new_tokens", "longppl_short_window",
+                     "longppl_gain", "longppl_bound")
+"""Settings a blank (or an older client's missing) value leaves at EvalSpec's default."""
 
 
 class EvaluationForm(forms.Form):
@@ -360,6 +378,31 @@ class EvaluationForm(forms.Form):
         initial="single", label="Needle variant",
     )
     needle_count = forms.IntegerField(min_value=2, max_value=16, initial=4, label="Needles (multi-key / value)")
+    ruler_tasks = forms.MultipleChoiceField(
+        required=False, choices=[(t, t) for t in RULER_TASKS], initial=list(RULER_TASKS),
+        widget=forms.CheckboxSelectMultiple, label="RULER tasks",
+        help_text="RULER's 13 tasks (its QA pair replaced by word-valued needles), each weighed equally; none = all.",
+    )
+    ruler_samples = forms.IntegerField(required=False, min_value=1, max_value=MAX_RULER_SAMPLES, initial=20,
+                                       label="RULER samples per task and length")
+    ruler_threshold = forms.FloatField(required=False,
+        min_value=0, max_value=1, initial=0.85, label="Effective-length threshold",
+        help_text="Effective length = the longest length scoring at least this share of the same run's score at "
+                  "the original context (RULER / NoLiMa: 0.85).",
+    )
+    ruler_max_new_tokens = forms.IntegerField(required=False,
+        min_value=0, max_value=512, initial=0, label="RULER answer tokens",
+        help_text="Greedy tokens per answer; 0 = the reference answer's length plus 8.",
+    )
+    longppl_short_window = forms.IntegerField(required=False,
+        min_value=0, initial=0, label="LongPPL short window",
+        help_text="The base model judges key tokens by their loss with this window against the original context; "
+                  "0 = an eighth of it (the paper's 4K of 32K).",
+    )
+    longppl_gain = forms.FloatField(required=False, initial=2.0, label="LongPPL key-token loss drop (nats)",
+                                    help_text="Key tokens lose more than this with the full window (the paper: 2).")
+    longppl_bound = forms.FloatField(required=False, initial=2.0, label="LongPPL key-token loss bound (nats)",
+                                     help_text="…and their full-window loss is below this (the paper: 2).")
 
     prefix = "eval"
 
@@ -376,6 +419,8 @@ class EvaluationForm(forms.Form):
             "needle_depths": data["needle_depths"], "needle_samples": data["needle_samples"],
             "needle_format": data["needle_format"], "needle_variant": data["needle_variant"],
             "needle_count": data["needle_count"],
+            "ruler_tasks": list(data.get("ruler_tasks") or RULER_TASKS),
+            **{name: EVAL_DEFAULTS[name] if data.get(name) is None else data[name] for name in OPTIONAL_SETTINGS},
         }
 
 
@@ -741,14 +786,48 @@ class Composer:
         try:
             EvalSpec(lengths=tuple(data["eval_lengths"]), documents=data["eval_documents"],
                      **{k: tuple(v) if isinstance(v, list) else v for k, v in self.evaluation_settings.items()})
+            self._check_evaluation_against(data)
         except EvalSpecError as exc:
-            message = str(exc)[0].upper() + str(exc)[1:] + "."
-            if exc.field in SPEC_FIELD_TO_FORM:
-                self.form.add_error(SPEC_FIELD_TO_FORM[exc.field], message)
-            else:
-                self.evaluation.add_error(exc.field, message)
+            self._evaluation_error(exc)
             return False
         return True
+
+    def _evaluation_error(self, exc: EvalSpecError) -> None:
+        text = str(exc).rstrip(".")
+        message = text[0].upper() + text[1:] + "."
+        if exc.field in SPEC_FIELD_TO_FORM:
+            self.form.add_error(SPEC_FIELD_TO_FORM[exc.field], message)
+        elif exc.field in self.evaluation.fields:
+            self.evaluation.add_error(exc.field, message)
+        else:
+            self.evaluation.add_error(None, message)
+
+    def _check_evaluation_against(self, data: dict[str, Any]) -> None:
+        """What needs the model: LongPPL's windows against its original context, RULER's prompts built with
+        its tokenizer from the dataset's text (raises the EvalSpecError a run would raise)."""
+        settings, base, dataset = self.evaluation_settings, data["base_model"], data["dataset"]
+        suite, lengths = settings["suite"], data["eval_lengths"]
+        if "longppl" in suite and settings["longppl_short_window"]:
+            long_window = min(base.original_context, max(lengths))
+            if settings["longppl_short_window"] >= long_window:
+                raise EvalSpecError(
+                    f"the LongPPL short window must be shorter than the evaluator's window: the original context "
+                    f"({base.original_context} tokens), capped at the longest length ({long_window})",
+                    "longppl_short_window")
+        if "ruler" in suite:
+            from gpu_workers.data.ruler import check_settings
+
+            try:
+                tokenizer = tokenizer_for(base.source)
+            except OSError as exc:
+                self.form.add_error("base_model", f"Could not load {base.name}'s tokenizer: {exc}")
+                raise EvalSpecError(f"RULER prompts need {base.name}'s tokenizer", "ruler_tasks") from None
+            try:
+                check_settings(tokenizer, dataset.spec(), lengths, settings["ruler_samples"],
+                               settings["ruler_tasks"])
+            except DatasetError as exc:
+                raise EvalSpecError(f"RULER haystacks could not be read from {dataset.name}: {exc}",
+                                    "ruler_tasks") from None
 
     def cleaned(self) -> dict[str, Any]:
         """What ``services.submit_experiment`` takes."""

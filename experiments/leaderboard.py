@@ -1,7 +1,12 @@
-"""The leaderboard's filters (team, base model, context length, metric), shared by page, CSV and API.
+"""The leaderboard's filters (team, base model, context length, metric, protocol), shared by page, CSV and API.
 
 Query-string values are untrusted: a team outside the user's teams is a 404, a malformed number is
 ignored in favour of the default, and the defaults pick something worth looking at.
+
+Only numbers measured under one evaluation protocol are ranked together (:mod:`gpu_workers.protocol`: the
+documents, their minimum length, perplexity protocol and stride, tokenizer, BOS handling, seed, dtype,
+device kind, attention kernel and the evaluation's own settings). The page offers every protocol the
+matching runs used, defaulting to the one with the most runs, and says what it is.
 """
 
 from __future__ import annotations
@@ -15,13 +20,24 @@ from django.http import Http404, QueryDict, StreamingHttpResponse
 from experiments import csv_export, selectors
 from experiments.access import teams_of, visible_base_models
 from experiments.models import BaseModel, Team
+from gpu_workers.protocol import describe as protocol_text
 
 METRICS = {
     "perplexity": "perplexity",
+    "longppl": "key-token perplexity (LongPPL)",
     "passkey_accuracy": "passkey accuracy",
     "needle_perplexity": "needle-driven perplexity",
+    "ruler_average": "RULER average",
+    "ruler_effective_length": "RULER effective length (tokens)",
     "retention_perplexity": "short-context retention (base ppl ÷ ppl)",
 }
+METRIC_EVALUATIONS = {
+    "perplexity": "perplexity", "longppl": "longppl", "passkey_accuracy": "passkey",
+    "needle_perplexity": "needle_perplexity", "ruler_average": "ruler", "ruler_effective_length": "ruler",
+    "retention_perplexity": "retention",
+}
+"""Which evaluation's protocol a metric is measured under."""
+assert set(METRIC_EVALUATIONS) == set(METRICS)
 
 
 @dataclass
@@ -33,11 +49,34 @@ class LeaderboardQuery:
     lengths: list[int]
     context_length: int | None
     metric: str
+    protocols: list[selectors.ProtocolChoice] = field(default_factory=list)
+    protocol: selectors.ProtocolChoice | None = None
     rows: list[selectors.LeaderboardRow] = field(default_factory=list)
 
     @property
     def metric_label(self) -> str:
         return METRICS[self.metric]
+
+    @property
+    def length_free(self) -> bool:
+        return self.metric in selectors.LENGTH_FREE_METRICS
+
+    def describe(self, choice: selectors.ProtocolChoice | None) -> str:
+        if choice is None:
+            return ""
+        if not choice.key:
+            return "recorded before protocols were (not comparable with any recorded protocol)"
+        return protocol_text(choice.run_protocol, METRIC_EVALUATIONS[self.metric]) or f"key {choice.key}"
+
+    @property
+    def protocol_description(self) -> str:
+        return self.describe(self.protocol)
+
+    @property
+    def protocol_options(self) -> list[tuple[str, str, int]]:
+        """(key, label, runs) for the protocol filter."""
+        return [(c.key, f"{c.key or 'not recorded'} · {c.runs} run{'s' if c.runs != 1 else ''}", c.runs)
+                for c in self.protocols]
 
     @property
     def lower_is_better(self) -> bool:
@@ -49,6 +88,7 @@ class LeaderboardQuery:
             "base_model": self.base_model.pk if self.base_model else "",
             "context_length": self.context_length or "",
             "metric": self.metric,
+            "protocol": self.protocol.key if self.protocol else "",
         }
 
 
@@ -86,14 +126,25 @@ def resolve(user: Any, query: QueryDict) -> LeaderboardQuery:
     length = _int(query.get("context_length"))
     if length is None and lengths:
         length = lengths[-1]
+    if metric in selectors.LENGTH_FREE_METRICS:
+        length = None
     result = LeaderboardQuery(my_teams, team, base_models, base_model, lengths, length, metric)
-    if base_model is not None and length is not None:
-        result.rows = selectors.leaderboard_rows(teams, base_model, length, metric)
+    if base_model is None or (length is None and not result.length_free):
+        return result
+    result.protocols = selectors.leaderboard_protocols(teams, base_model, length, metric)
+    wanted = query.get("protocol")
+    result.protocol = next((c for c in result.protocols if c.key == wanted), None) if wanted is not None else None
+    if result.protocol is None and result.protocols:
+        result.protocol = result.protocols[0]
+    if result.protocol is not None:
+        result.rows = selectors.leaderboard_rows(teams, base_model, length, metric, result.protocol.key)
     return result
 
 
 def csv_response(query: LeaderboardQuery) -> StreamingHttpResponse:
     name = query.base_model.name if query.base_model else ""
-    rows = csv_export.leaderboard_dicts(query.rows, name, query.context_length or 0, query.metric)
-    return csv_export.csv_response(f"leaderboard-{name}-{query.context_length}", csv_export.LEADERBOARD_COLUMNS,
-                                   rows)
+    key = query.protocol.key if query.protocol else ""
+    rows = csv_export.leaderboard_dicts(query.rows, name, query.context_length, query.metric, key,
+                                        query.protocol_description)
+    return csv_export.csv_response(f"leaderboard-{name}-{query.context_length or query.metric}",
+                                   csv_export.LEADERBOARD_COLUMNS, rows)

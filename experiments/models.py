@@ -227,6 +227,11 @@ class Run(models.Model):
         max_length=100, blank=True,
         help_text="The dataset source that filled this attempt's needle haystacks (blank: no needle evaluation).",
     )
+    protocol = models.JSONField(
+        default=dict, blank=True,
+        help_text="What this attempt's numbers were measured under (gpu_workers.protocol): common facts, one "
+                  "section per evaluation and their keys.",
+    )
 
     class Meta:
         ordering = ["id"]
@@ -265,10 +270,16 @@ class Measurement(models.Model):
     ci_low = models.FloatField(null=True, blank=True)
     ci_high = models.FloatField(null=True, blank=True)
     step = models.PositiveIntegerField(null=True, blank=True)
+    protocol_key = models.CharField(
+        max_length=16, blank=True,
+        help_text="The key of the evaluation protocol it was measured under (the run's protocol names its facts); "
+                  "the leaderboard ranks only numbers with the same key.",
+    )
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["run", "metric"], name="measurement_run_metric")]
+        indexes = [models.Index(fields=["run", "metric"], name="measurement_run_metric"),
+                   models.Index(fields=["metric", "context_length", "protocol_key"], name="measurement_ranking")]
 
     def __str__(self) -> str:
         return f"{self.metric}={self.value:g} @ {self.context_length}"

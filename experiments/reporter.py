@@ -11,6 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -55,6 +56,9 @@ class DbReporter:
 
     def artifact(self, kind: str, path: str) -> None:
         services.record_artifact(self.run_id, kind, path)
+
+    def protocol(self, facts: dict[str, Any]) -> None:
+        services.record_protocol(self.run_id, facts)
 
     def should_stop(self) -> bool:
         return services.should_stop(self.run_id)

@@ -23,8 +23,8 @@ Point = tuple[int, float, float | None, float | None]
 """(context length, value, ci_low, ci_high)"""
 
 LOWER_IS_BETTER = {
-    "perplexity", "needle_perplexity", "short_perplexity", "forward_seconds", "perplexity_seconds",
-    "peak_memory_mb", "kv_cache_mb", "loss",
+    "perplexity", "longppl", "needle_perplexity", "short_perplexity", "forward_seconds", "perplexity_seconds",
+    "peak_memory_mb", "kv_cache_mb",
 }
 STATUS_LOG_LINES = 8
 
@@ -49,6 +49,8 @@ class ExperimentDetail:
     series: dict[str, list[Point]] = field(default_factory=dict)
     charts: dict[str, Any] = field(default_factory=dict)
     """Every evaluation's chart data (:func:`experiments.evaluation_charts.build`)."""
+    protocols: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """What each evaluation was measured under, per group of runs (:func:`evaluation_charts.protocol_lines`)."""
 
 
 def experiment_detail(experiment: Experiment) -> ExperimentDetail:
@@ -75,8 +77,9 @@ def experiment_detail(experiment: Experiment) -> ExperimentDetail:
                               m.step, m.samples)
         for run in runs for m in run.measurement_list
     )
-    charts = evaluation_charts.build(rows, [run.method.name for run in runs], _haystacks(runs))
-    return ExperimentDetail(experiment, runs, series, charts)
+    charts = evaluation_charts.build(rows, [run.method.name for run in runs], _haystacks(runs),
+                                     _ruler_threshold(experiment))
+    return ExperimentDetail(experiment, runs, series, charts, _protocols(experiment, runs))
 
 
 def evaluation_chart_data(experiment: Experiment, runs: list[Run]) -> dict[str, Any]:
@@ -88,12 +91,24 @@ def evaluation_chart_data(experiment: Experiment, runs: list[Run]) -> dict[str, 
                      "samples")
     )
     return evaluation_charts.build((evaluation_charts.Row(*row) for row in rows), [r.method.name for r in runs],
-                                   _haystacks(runs))
+                                   _haystacks(runs), _ruler_threshold(experiment))
 
 
 def _haystacks(runs: list[Run]) -> dict[str, str]:
     """{method label: the source its run's needle haystacks came from}, for runs that recorded one."""
     return {run.method.name: run.haystack_source for run in runs if run.haystack_source}
+
+
+def _ruler_threshold(experiment: Experiment) -> float:
+    """The experiment's RULER effective-length threshold (experiments from before it existed: RULER's 0.85)."""
+    value = (experiment.evaluations or {}).get("ruler_threshold")
+    return evaluation_charts.DEFAULT_RULER_THRESHOLD if value is None else float(value)
+
+
+def _protocols(experiment: Experiment, runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
+    """The protocol lines of every evaluation in the experiment's suite, from the runs already loaded: no query."""
+    suite = (experiment.evaluations or {}).get("suite", ["perplexity"])
+    return evaluation_charts.protocol_lines(((run.method.name, run.protocol) for run in runs), suite)
 
 
 def comparison_series(experiment: Experiment, metric: str = "perplexity") -> dict[str, list[Point]]:
@@ -174,6 +189,7 @@ def run_payload(run: Run, log_lines: int | None = STATUS_LOG_LINES) -> dict[str,
         "can_cancel": run.is_active,
         "can_retry": run.is_retryable,
         "haystack_source": run.haystack_source,
+        "protocol": run.protocol,
         "produced_method": (
             {"id": run.produced_method_id, "url": reverse("method_detail", args=[run.produced_method_id])}
             if run.produced_method_id else None
@@ -190,6 +206,7 @@ def run_status_payload(experiment: Experiment) -> dict[str, Any]:
         "runs": [run_payload(run) for run in runs],
         "series": comparison_series(experiment),
         "charts": evaluation_chart_data(experiment, runs),
+        "protocols": _protocols(experiment, runs),
         "original_context": experiment.base_model.original_context,
     }
 
@@ -198,6 +215,7 @@ def measurement_payload(m: Measurement) -> dict[str, Any]:
     return {
         "metric": m.metric, "value": m.value, "context_length": m.context_length, "depth": m.depth,
         "samples": m.samples, "ci_low": m.ci_low, "ci_high": m.ci_high, "step": m.step,
+        "protocol_key": m.protocol_key,
     }
 
 
@@ -216,24 +234,56 @@ class LeaderboardRow:
     experiments: list[tuple[str, str]]
 
 
-def _finished_measurements(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, context_length: int,
-                           metric: str) -> QuerySet[Measurement]:
-    return Measurement.objects.filter(
+LENGTH_FREE_METRICS = {"ruler_effective_length"}
+"""Metrics measured once per run, not per context length: the leaderboard ignores its length filter for them."""
+
+
+def _finished_measurements(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, context_length: int | None,
+                           metric: str, protocol_key: str | None = None) -> QuerySet[Measurement]:
+    measurements = Measurement.objects.filter(
         metric=metric,
-        context_length=context_length,
         depth__isnull=True,
         run__status=Run.Status.SUCCEEDED,
         run__experiment__team__in=teams,
         run__experiment__base_model=base_model,
     )
+    if metric in LENGTH_FREE_METRICS:
+        measurements = measurements.filter(context_length__isnull=True)
+    else:
+        measurements = measurements.filter(context_length=context_length)
+    if protocol_key is not None:
+        measurements = measurements.filter(protocol_key=protocol_key)
+    return measurements
 
 
-def leaderboard_rows(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, context_length: int,
-                     metric: str = "perplexity") -> list[LeaderboardRow]:
-    """Methods ranked by their best value at *context_length* over the teams' succeeded runs: 3 queries."""
+@dataclass
+class ProtocolChoice:
+    key: str
+    """The measurements' protocol key; blank for numbers recorded before protocols were."""
+    runs: int
+    run_protocol: dict[str, Any]
+    """One run's whole protocol with this key (they agree on everything the key covers)."""
+
+
+def leaderboard_protocols(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, context_length: int | None,
+                          metric: str) -> list[ProtocolChoice]:
+    """The protocols the matching measurements were taken under, most runs first: two queries."""
+    groups = list(
+        _finished_measurements(teams, base_model, context_length, metric)
+        .values("protocol_key").annotate(n=Count("run_id", distinct=True), example=Min("run_id"))
+        .order_by("-n", "protocol_key")
+    )
+    protocols = dict(Run.objects.filter(pk__in=[g["example"] for g in groups]).values_list("pk", "protocol"))
+    return [ProtocolChoice(g["protocol_key"], g["n"], protocols.get(g["example"]) or {}) for g in groups]
+
+
+def leaderboard_rows(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, context_length: int | None,
+                     metric: str = "perplexity", protocol_key: str | None = None) -> list[LeaderboardRow]:
+    """Methods ranked by their best value at *context_length* over the teams' succeeded runs measured under one
+    protocol (*protocol_key*; None = any, for callers that already narrowed it): 3 queries."""
     lower = metric in LOWER_IS_BETTER
     best = Min("value") if lower else Max("value")
-    measurements = _finished_measurements(teams, base_model, context_length, metric)
+    measurements = _finished_measurements(teams, base_model, context_length, metric, protocol_key)
     totals = list(
         measurements.values("run__method_id")
         .annotate(n=Count("run_id", distinct=True), mean=Avg("value"), best=best)
@@ -268,7 +318,10 @@ def leaderboard_rows(teams: Iterable[Team] | QuerySet[Team], base_model: BaseMod
 
 def leaderboard_lengths(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel,
                         metric: str = "perplexity") -> list[int]:
-    """Context lengths with finished measurements, for the leaderboard's filter: one query."""
+    """Context lengths with finished measurements, for the leaderboard's filter: one query (none for a metric
+    without lengths)."""
+    if metric in LENGTH_FREE_METRICS:
+        return []
     return list(
         Measurement.objects.filter(
             metric=metric, context_length__isnull=False, depth__isnull=True, run__status=Run.Status.SUCCEEDED,
@@ -280,10 +333,29 @@ def leaderboard_lengths(teams: Iterable[Team] | QuerySet[Team], base_model: Base
 # --- CSV -----------------------------------------------------------------------------------------------
 
 
+PROTOCOL_COLUMNS = (
+    "dataset", "perplexity_protocol", "stride", "documents", "document_min_tokens", "bos", "tokenizer_hash", "seed",
+    "dtype", "device", "attn_implementation",
+)
+"""The protocol facts every measurement row repeats (from its run's protocol: the common facts, then its
+evaluation's section); the rest of the section is the ``protocol_settings`` JSON column."""
 MEASUREMENT_COLUMNS = (
     "experiment", "experiment_id", "run_id", "method", "family", "method_params", "status", "started",
     "duration_s", "metric", "context_length", "depth", "samples", "value", "ci_low", "ci_high",
+    "evaluation", "protocol_key", *PROTOCOL_COLUMNS, "protocol_settings",
 )
+
+
+def _protocol_columns(protocol: dict[str, Any], key: str) -> dict[str, Any]:
+    evaluation = next((name for name, k in (protocol.get("keys") or {}).items() if k == key), None) if key else None
+    if evaluation is None:
+        return {"evaluation": None, "protocol_key": key or None, **dict.fromkeys(PROTOCOL_COLUMNS),
+                "protocol_settings": None}
+    section = dict((protocol.get("evaluations") or {}).get(evaluation) or {})
+    facts = {**(protocol.get("common") or {}), **section}
+    rest = {k: v for k, v in section.items() if k not in PROTOCOL_COLUMNS}
+    return {"evaluation": evaluation, "protocol_key": key, **{c: facts.get(c) for c in PROTOCOL_COLUMNS},
+            "protocol_settings": rest}
 
 
 def measurement_rows(experiment: Experiment) -> Iterator[dict[str, Any]]:
@@ -316,6 +388,7 @@ def measurement_rows(experiment: Experiment) -> Iterator[dict[str, Any]]:
                 "value": m.value if m else None,
                 "ci_low": m.ci_low if m else None,
                 "ci_high": m.ci_high if m else None,
+                **_protocol_columns(run.protocol, m.protocol_key if m else ""),
             }
 
 

@@ -269,7 +269,13 @@ def record_measurement(run_id: str, measurement: ReportedMeasurement) -> Measure
         ci_low=measurement.ci_low,
         ci_high=measurement.ci_high,
         step=measurement.step,
+        protocol_key=(measurement.protocol_key or "")[:16],
     )
+
+
+def record_protocol(run_id: str, facts: dict[str, Any]) -> bool:
+    """Store the attempt's evaluation protocol on its run (the worker reports it once, after loading)."""
+    return Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(protocol=facts) == 1
 
 
 def record_artifact(run_id: str, kind: str, path: str) -> Artifact | None:
@@ -314,6 +320,7 @@ def retry_run(user: Any, run: Run) -> Run:
             finished_at=None,
             error="",
             haystack_source="",
+            protocol={},
             attempt=F("attempt") + 1,
         )
         if retried:

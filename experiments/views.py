@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -42,6 +43,7 @@ from experiments.models import ApiToken, BaseModel
 from gpu_workers.data.mixture_preview import preview
 from gpu_workers.methods import FAMILIES
 from gpu_workers.methods.longrope_files import format_factors
+from gpu_workers.protocol import default_short_window
 from gpu_workers.search_step import SEARCH_MODES
 
 
@@ -84,6 +86,8 @@ def experiment_detail(request: HttpRequest, experiment_id: str) -> HttpResponse:
     base, target = experiment.base_model, experiment.target_length
     limits = rope_charts.scaling_limits(detail.runs, base, target)
     suite = experiment.evaluations.get("suite", ["perplexity"])
+    settings = experiment.evaluations
+    longppl_window = min(base.original_context, max(experiment.eval_lengths))
     return render(request, "experiments/experiment_detail.html", {
         "experiment": experiment,
         "detail": detail,
@@ -100,9 +104,17 @@ def experiment_detail(request: HttpRequest, experiment_id: str) -> HttpResponse:
         "chart": {
             "charts": detail.charts,
             "series": detail.series,
+            "protocols": detail.protocols,
             "original_context": base.original_context,
             "limits": [asdict(limit) for limit in limits if limit.length is not None],
         },
+        "protocols": detail.protocols,
+        # LongPPL's key-token criteria from the settings, its windows as gpu_workers.protocol derives them (the
+        # protocol line under the chart states what each run actually used).
+        "longppl": {"long_window": longppl_window, "gain": settings.get("longppl_gain", 2.0),
+                    "short_window": settings.get("longppl_short_window") or default_short_window(longppl_window),
+                    "bound": settings.get("longppl_bound", 2.0)},
+        "ruler_threshold": detail.charts["ruler_threshold"],
         "limits": limits,
         "scaling_compare": rope_charts.compare_chart(detail.runs, base, target),
         "status_url_active": any(run.is_active for run in detail.runs),
@@ -341,7 +353,8 @@ def method_factors(request: HttpRequest, method_id: int, which: str) -> HttpResp
 @require_GET
 def leaderboard_page(request: HttpRequest) -> HttpResponse:
     query = leaderboard.resolve(request.user, request.GET)
-    return render(request, "experiments/leaderboard.html", {"query": query, "metrics": leaderboard.METRICS})
+    return render(request, "experiments/leaderboard.html", {"query": query, "metrics": leaderboard.METRICS,
+                                                            "query_string": urlencode(query.params())})
 
 
 @login_required

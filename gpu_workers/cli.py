@@ -66,6 +66,7 @@ class JsonlReporter:
         self.stop = stop or threading.Event()
         self.measurements = 0
         self.artifacts: list[tuple[str, str]] = []
+        self.protocol_facts: dict[str, Any] = {}
 
     def progress(self, fraction: float, message: str) -> None:
         self._err(f"[{fraction:4.0%}] {message}")
@@ -85,6 +86,10 @@ class JsonlReporter:
     def artifact(self, kind: str, path: str) -> None:
         self.artifacts.append((kind, path))
         self._err(f"artifact {kind}: {path}")
+
+    def protocol(self, facts: dict[str, Any]) -> None:
+        self.protocol_facts = facts
+        self._err("protocol: " + json.dumps(facts.get("keys", {}), sort_keys=True))
 
     def should_stop(self) -> bool:
         return self.stop.is_set()

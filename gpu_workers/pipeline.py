@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from gpu_workers import device as devices
+from gpu_workers import protocol as protocols
 from gpu_workers.data.documents import long_documents
 from gpu_workers.data.needle import NeedleBuilder, haystack_stream
 from gpu_workers.device import Placement
@@ -23,7 +25,7 @@ from gpu_workers.evaluate.retention import Retention, original_rope
 from gpu_workers.loading import LoadedModel, load
 from gpu_workers.reporter import Cancelled, Measurement, Reporter
 from gpu_workers.rope_theory import original_rotary
-from gpu_workers.spec import EVALUATIONS, MIN_PROMPT_LENGTH, MethodSpec, RunSpec
+from gpu_workers.spec import EVALUATIONS, MIN_PROMPT_LENGTH, EvalSpecError, MethodSpec, RunSpec
 
 LOAD_SHARE = 0.1
 """Fraction of the progress bar given to loading, the rest to evaluation."""
@@ -36,6 +38,34 @@ def _checkpoint(reporter: Reporter) -> None:
         raise Cancelled()
 
 
+class StampingReporter:
+    """Passes every event through, stamping measurements with the protocol key of the step that made them."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+        self.key: str | None = None
+
+    def progress(self, fraction: float, message: str) -> None:
+        self.inner.progress(fraction, message)
+
+    def log(self, line: str) -> None:
+        self.inner.log(line)
+
+    def measurement(self, measurement: Measurement) -> None:
+        if self.key is not None and measurement.protocol_key is None:
+            measurement = replace(measurement, protocol_key=self.key)
+        self.inner.measurement(measurement)
+
+    def artifact(self, kind: str, path: str) -> None:
+        self.inner.artifact(kind, path)
+
+    def protocol(self, facts: dict[str, Any]) -> None:
+        self.inner.protocol(facts)
+
+    def should_stop(self) -> bool:
+        return self.inner.should_stop()
+
+
 @dataclass
 class Context:
     spec: RunSpec
@@ -44,6 +74,8 @@ class Context:
     reporter: Reporter
     base_reference: tuple[float, float | None] | None = None
     """Short-context numbers of the base model, taken before training changes the weights."""
+    key_tokens: list[torch.Tensor] | None = None
+    """LongPPL's key tokens per evaluation document, judged by the base model before training."""
 
     @property
     def model(self) -> torch.nn.Module:
@@ -81,6 +113,89 @@ def _perplexity(ctx: Context, progress: Progress) -> None:
     for m in perplexity.to_measurements(results):
         ctx.reporter.measurement(m)
         ctx.reporter.log(f"ppl@{m.context_length} ({ev.protocol}) = {m.value:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}]")
+
+
+def _evaluation_documents(ctx: Context) -> list[list[int]]:
+    ev = ctx.spec.eval
+    return long_documents(ctx.spec.dataset, ctx.loaded.tokenizer, max(ev.lengths), ev.documents)
+
+
+def longppl_windows(ctx: Context) -> tuple[int, int]:
+    """(long, short) windows of LongPPL's evaluator: the original context (or the longest length, when shorter)
+    and the short window; refused when the short one is not shorter."""
+    long_window = protocols.longppl_long_window(ctx.spec, ctx.loaded.facts.original_context)
+    short_window = protocols.longppl_short_window(ctx.spec, long_window)
+    if short_window >= long_window:
+        raise EvalSpecError(f"the LongPPL short window ({short_window} tokens) must be shorter than the evaluator's "
+                            f"window, the original context capped at the longest length ({long_window})",
+                            "longppl_short_window")
+    return long_window, short_window
+
+
+def _key_tokens(ctx: Context, progress: Progress | None = None) -> list[torch.Tensor]:
+    """Key tokens judged by the base model: these weights (before training) with the checkpoint's own RoPE."""
+    from gpu_workers.evaluate import longppl
+
+    ev = ctx.spec.eval
+    long_window, short_window = longppl_windows(ctx)
+    report = progress or (lambda fraction, message: None)
+    with original_rope(ctx.model, *original_rotary(ctx.loaded.facts.rope)):
+        masks = longppl.key_token_masks(
+            ctx.model, _evaluation_documents(ctx), long_window=long_window, short_window=short_window,
+            gain=ev.longppl_gain, bound=ev.longppl_bound, device=ctx.device, should_stop=ctx.reporter.should_stop,
+            on_document=lambda done, total: report(0.5 * done / total, f"{done}/{total} documents judged"),
+        )
+    found = sum(int(m.sum()) for m in masks)
+    total = sum(m.numel() for m in masks)
+    ctx.reporter.log(f"LongPPL key tokens: {found} of {total} ({found / max(total, 1):.1%}), base model windows "
+                     f"{long_window} / {short_window}")
+    return masks
+
+
+def _longppl(ctx: Context, progress: Progress) -> None:
+    from gpu_workers.evaluate import longppl
+
+    if ctx.key_tokens is None:
+        ctx.key_tokens = _key_tokens(ctx, progress)
+    ev = ctx.spec.eval
+    results = longppl.longppl_by_length(
+        ctx.model, _evaluation_documents(ctx), ctx.key_tokens, ev.lengths, device=ctx.device,
+        length_dependent=ctx.loaded.length_dependent, should_stop=ctx.reporter.should_stop, seed=ctx.spec.seed,
+        on_document=lambda done, total: progress(0.5 + 0.5 * done / total, f"{done}/{total} windows"),
+    )
+    ctx.emit(longppl.to_measurements(results))
+    ctx.reporter.log("LongPPL: " + ", ".join(
+        f"{r.length}: {r.longppl:.2f} ({r.key_tokens} key tokens)" if r.longppl is not None else f"{r.length}: -"
+        for r in results))
+
+
+def _ruler(ctx: Context, progress: Progress) -> None:
+    from gpu_workers.data.ruler import HaystackText, generate_suite
+    from gpu_workers.evaluate import ruler
+
+    ev = ctx.spec.eval
+    progress(0.0, "generating the tasks")
+    samples = generate_suite(ctx.loaded.tokenizer, HaystackText.from_dataset(ctx.spec.dataset), ev.lengths,
+                             ctx.spec.seed, ev.ruler_samples, tasks=ev.ruler_tasks)
+    reuse = not ctx.loaded.length_dependent
+    answers = ruler.answer_samples(
+        ctx.model, ctx.loaded.tokenizer, samples, device=ctx.device,
+        max_new_tokens=ev.ruler_max_new_tokens or None, length_dependent=ctx.loaded.length_dependent,
+        reuse_prefix=reuse, should_stop=ctx.reporter.should_stop,
+        on_sample=_counter(len(samples), progress, "RULER prompts"),
+    )
+    scores = ruler.score_by_task_and_length(answers)
+    scores += ruler.group_measurements(scores)
+    scores += ruler.effective_lengths(scores, ctx.loaded.facts.original_context, ev.ruler_threshold)
+    ctx.emit(scores)
+    average = ruler.scores_by_length(scores)
+    effective = next((m.value for m in scores if m.metric == ruler.EFFECTIVE_LENGTH_METRIC), None)
+    ctx.reporter.log(
+        f"RULER ({len(ev.ruler_tasks)} tasks, {ev.ruler_samples} samples, shared prefix cache: {reuse}): "
+        + ", ".join(f"{n}: {v:.2f}" for n, v in sorted(average.items()))
+        + (f"; effective length {int(effective)} at {ev.ruler_threshold:g} × the original-context score"
+           if effective is not None else "; no effective length (the first length already falls short)")
+    )
 
 
 def _passkey(ctx: Context, progress: Progress) -> None:
@@ -129,13 +244,7 @@ def _needle_perplexity(ctx: Context, progress: Progress) -> None:
 
 
 def retention_length(ctx: Context) -> int:
-    """The original context, or the longest evaluated length when every length lies inside it.
-
-    A real checkpoint's original context (8,192 for SmolLM2, 128K for Llama-3.1) is often longer than an
-    experiment's lengths; retention then compares at the longest length evaluated, still inside the window
-    the model was trained on, with the perplexity curve's own documents.
-    """
-    return min(ctx.loaded.facts.original_context, max(ctx.spec.eval.lengths))
+    return protocols.retention_length(ctx.loaded.facts.original_context, ctx.spec.eval.lengths)
 
 
 def _short_context(ctx: Context) -> tuple[float, float | None]:
@@ -182,9 +291,11 @@ def _memory(ctx: Context, progress: Progress) -> None:
 
 RUNNERS: dict[str, Callable[[Context, Progress], None]] = {
     "perplexity": _perplexity,
+    "longppl": _longppl,
     "passkey": _passkey,
     "needle": _needle,
     "needle_perplexity": _needle_perplexity,
+    "ruler": _ruler,
     "retention": _retention,
     "memory": _memory,
 }
@@ -254,9 +365,10 @@ def _train(ctx: Context, progress: Progress) -> None:
                      f"final loss {result.final_loss:.3f}")
 
 
-def run(spec: RunSpec, reporter: Reporter) -> None:
+def run(spec: RunSpec, outer: Reporter) -> None:
     from gpu_workers.search_step import SEARCH_MODES
 
+    reporter = StampingReporter(outer)
     torch.manual_seed(spec.seed)
     placement = devices.place(spec.device)
     dtype = str(placement.dtype).removeprefix("torch.")
@@ -264,7 +376,12 @@ def run(spec: RunSpec, reporter: Reporter) -> None:
     loaded = load(spec.model_source, spec.method, spec.target_length, placement)
     reporter.log(f"method {spec.method.family} {loaded.params}; rope_parameters {loaded.model.config.rope_parameters}")
     _checkpoint(reporter)
+    facts = protocols.for_loaded(spec, loaded, placement)
+    reporter.protocol(facts)
+    keys = facts["keys"]
     ctx = Context(spec, loaded, placement, reporter)
+    if spec.eval.wants("longppl"):
+        longppl_windows(ctx)  # a bad short window fails before any search or training
     steps: list[tuple[str, Callable[[Context, Progress], None], float]] = []
     if spec.method.family in SEARCH_MODES:
         steps.append(("search", _search, STEP_WEIGHTS["search"]))
@@ -272,6 +389,9 @@ def run(spec: RunSpec, reporter: Reporter) -> None:
         if spec.eval.wants("retention"):
             reporter.progress(LOAD_SHARE, "retention: measuring the base model before training")
             ctx.base_reference = _base_reference(ctx)
+        if spec.eval.wants("longppl"):
+            reporter.progress(LOAD_SHARE, "LongPPL: the base model judges the key tokens before training")
+            ctx.key_tokens = _key_tokens(ctx)
         steps.append(("train", _train, STEP_WEIGHTS["train"]))
     steps += [(name, RUNNERS[name], 1.0) for name in spec.eval.suite]
     total = sum(weight for _, _, weight in steps)
@@ -284,6 +404,7 @@ def run(spec: RunSpec, reporter: Reporter) -> None:
             reporter.progress(start + share * min(fraction, 1.0), f"{name}: {message}")
 
         start += share
+        reporter.key = keys.get(name)
         progress(0.0, "starting")
         _checkpoint(reporter)
         if name != "memory":

@@ -7,7 +7,7 @@ pipeline stay ignorant of where progress and numbers end up.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Cancelled(Exception):
@@ -24,6 +24,9 @@ class Measurement:
     ci_low: float | None = None
     ci_high: float | None = None
     step: int | None = None
+    protocol_key: str | None = None
+    """The key of the evaluation protocol it was measured under (:mod:`gpu_workers.protocol`); set by the
+    pipeline for every evaluation's numbers, None for training losses and search progress."""
 
 
 class Reporter(Protocol):
@@ -31,6 +34,7 @@ class Reporter(Protocol):
     def log(self, line: str) -> None: ...
     def measurement(self, measurement: Measurement) -> None: ...
     def artifact(self, kind: str, path: str) -> None: ...
+    def protocol(self, facts: dict[str, Any]) -> None: ...
     def should_stop(self) -> bool: ...
 
 
@@ -43,6 +47,7 @@ class MemoryReporter:
     lines: list[str] = field(default_factory=list)
     measurements: list[Measurement] = field(default_factory=list)
     artifacts: list[tuple[str, str]] = field(default_factory=list)
+    protocols: list[dict[str, Any]] = field(default_factory=list)
     checks: int = 0
 
     def progress(self, fraction: float, message: str) -> None:
@@ -57,6 +62,9 @@ class MemoryReporter:
 
     def artifact(self, kind: str, path: str) -> None:
         self.artifacts.append((kind, path))
+
+    def protocol(self, facts: dict[str, Any]) -> None:
+        self.protocols.append(facts)
 
     def should_stop(self) -> bool:
         self.checks += 1

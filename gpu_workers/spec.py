@@ -6,13 +6,21 @@ replayed from a notebook with nothing but this dict.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 DATASET_KINDS = ("builtin", "local", "hf")
 PPL_PROTOCOLS = ("truncate", "sliding")
-EVALUATIONS = ("perplexity", "passkey", "needle", "needle_perplexity", "retention", "memory")
+EVALUATIONS = ("perplexity", "longppl", "passkey", "needle", "needle_perplexity", "ruler", "retention", "memory")
 """Every evaluation a run can do, in the order the pipeline runs them."""
+RULER_TASKS = (
+    "niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2", "niah_multikey_3",
+    "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "niah_single_word", "niah_multikey_word",
+)
+"""The RULER task set (``gpu_workers.data.ruler.TASKS`` defines them; named here so a spec checks torch-free)."""
+RULER_GROUPS = ("retrieval", "multi_hop", "aggregation")
+MAX_RULER_SAMPLES = 500
 NEEDLE_VARIANTS = ("single", "multikey", "multivalue")
 NEEDLE_FORMATS = ("passkey", "magic_number")
 PROMPT_EVALUATIONS = ("passkey", "needle", "needle_perplexity")
@@ -94,6 +102,21 @@ class EvalSpec:
     needle_format: str = "passkey"
     needle_count: int = 4
     """Multi-key: needles in the haystack (one asked for); multi-value: values under the one key."""
+    ruler_tasks: tuple[str, ...] = RULER_TASKS
+    ruler_samples: int = 20
+    """Samples per RULER task and length."""
+    ruler_threshold: float = 0.85
+    """Effective length: the longest length whose score stays at least this share of the score at the
+    original context (RULER / NoLiMa use 85%)."""
+    ruler_max_new_tokens: int = 0
+    """Greedy tokens per RULER answer; 0 = the reference answer's tokens plus a little slack."""
+    longppl_short_window: int = 0
+    """LongPPL: the evaluator's short window in tokens; 0 = an eighth of the original context
+    (the paper's 4K of 32K)."""
+    longppl_gain: float = 2.0
+    """LongPPL: a key token's loss must drop by more than this (nats) from the short window to the full one."""
+    longppl_bound: float = 2.0
+    """LongPPL: and its loss with the full window must be below this (nats)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lengths", tuple(sorted({int(n) for n in self.lengths})))
@@ -130,6 +153,35 @@ class EvalSpec:
             raise EvalSpecError("multi-key and multi-value needles use the magic-number format", "needle_format")
         if not 2 <= self.needle_count <= 16:
             raise EvalSpecError("multi-key / multi-value needles: between 2 and 16", "needle_count")
+        self._check_ruler()
+        self._check_longppl()
+
+    def _check_ruler(self) -> None:
+        tasks = tuple(dict.fromkeys(str(t) for t in self.ruler_tasks))
+        unknown = [t for t in tasks if t not in RULER_TASKS]
+        if unknown:
+            raise EvalSpecError(f"unknown RULER task {', '.join(unknown)}; the tasks are {', '.join(RULER_TASKS)}",
+                                "ruler_tasks")
+        object.__setattr__(self, "ruler_tasks", tuple(t for t in RULER_TASKS if t in tasks))
+        if self.wants("ruler") and not self.ruler_tasks:
+            raise EvalSpecError("pick at least one RULER task", "ruler_tasks")
+        if not 1 <= self.ruler_samples <= MAX_RULER_SAMPLES:
+            raise EvalSpecError(f"RULER samples per task and length must be between 1 and {MAX_RULER_SAMPLES}",
+                                "ruler_samples")
+        threshold = float(self.ruler_threshold)
+        if math.isnan(threshold) or not 0 < threshold <= 1:
+            raise EvalSpecError("the effective-length threshold is a share of the score at the original context, "
+                                "above 0 and at most 1 (RULER and NoLiMa use 0.85)", "ruler_threshold")
+        if not 0 <= self.ruler_max_new_tokens <= 512:
+            raise EvalSpecError("RULER answer tokens must be between 0 (automatic) and 512", "ruler_max_new_tokens")
+
+    def _check_longppl(self) -> None:
+        if self.longppl_short_window != 0 and not 16 <= self.longppl_short_window:
+            raise EvalSpecError("the LongPPL short window needs at least 16 tokens (0 = an eighth of the original "
+                                "context)", "longppl_short_window")
+        for name, value in (("longppl_gain", self.longppl_gain), ("longppl_bound", self.longppl_bound)):
+            if math.isnan(float(value)) or not float(value) > 0:
+                raise EvalSpecError("LongPPL's key-token thresholds are positive numbers of nats (the paper: 2)", name)
 
     def wants(self, evaluation: str) -> bool:
         return evaluation in self.suite
@@ -254,7 +306,7 @@ class RunSpec:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for name in ("lengths", "suite", "needle_depths"):
+        for name in ("lengths", "suite", "needle_depths", "ruler_tasks"):
             data["eval"][name] = list(data["eval"][name])
         data["train"]["upsample_sources"] = list(self.train.upsample_sources)
         return data

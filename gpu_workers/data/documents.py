@@ -211,11 +211,17 @@ def long_documents(spec: DatasetSpec, tokenizer: Any, min_tokens: int, count: in
     )
 
 
-@lru_cache(maxsize=16)
-def _cached_token_lengths(spec: DatasetSpec, tokenizer_source: str) -> tuple[tuple[str, int], ...]:
+@lru_cache(maxsize=8)
+def tokenizer_for(source: str) -> Any:
+    """A model's tokenizer for checks made before a run (the composer's), loaded once per process."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, local_files_only=True)
+    return AutoTokenizer.from_pretrained(source, local_files_only=True)
+
+
+@lru_cache(maxsize=16)
+def _cached_token_lengths(spec: DatasetSpec, tokenizer_source: str) -> tuple[tuple[str, int], ...]:
+    tokenizer = tokenizer_for(tokenizer_source)
     docs = load_documents(spec)
     ids = tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
     return tuple((d["source"], len(row)) for d, row in zip(docs, ids, strict=True))

@@ -69,7 +69,7 @@ from typing import Any
 from gpu_workers.data import passkey as passkey_format
 from gpu_workers.data.documents import DatasetError, haystack_documents
 from gpu_workers.data.needle import DOCUMENT_SEPARATOR, haystack_order
-from gpu_workers.spec import DatasetSpec, EvalSpecError
+from gpu_workers.spec import RULER_GROUPS, RULER_TASKS, DatasetSpec, EvalSpecError
 
 GENERATOR_VERSION = 1
 """Part of every cache key: bump it whenever a generator's output changes, so stale caches are not read."""
@@ -995,6 +995,8 @@ TASKS: dict[str, RulerTask] = {t.name: t for t in (
                haystack="essay", key_kind="word", value_kind="word", keys=4),
 )}
 TASK_NAMES = tuple(TASKS)
+assert TASK_NAMES == RULER_TASKS, "gpu_workers.spec names the same tasks, in the same order"
+assert {t.group for t in TASKS.values()} == set(RULER_GROUPS)
 
 
 def get_task(name: str) -> RulerTask:
@@ -1018,6 +1020,22 @@ def generate_suite(tokenizer: Any, haystack: HaystackLike, lengths: Iterable[int
     chosen = [get_task(n) for n in tasks]
     return [s for length in sorted(set(lengths)) for task in chosen
             for s in task.generate(tokenizer, text, length, seed, samples, reserve=reserve, cache=cache)]
+
+
+def check_settings(tokenizer: Any, dataset: DatasetSpec, lengths: Sequence[int], samples: int,
+                   tasks: Sequence[str] = TASK_NAMES, seed: int = 0) -> None:
+    """Raise the :class:`RulerError` a run would raise, before it is queued: every task's samples at the
+    shortest length (its instructions and question must fit) and, for the tasks that read their own stretch
+    of the dataset's text per sample, at the longest length (the text must hold every sample without reuse).
+    The generator itself decides, so the composer and the worker cannot disagree; results are cached."""
+    text = HaystackText.from_dataset(dataset)
+    shortest, longest = min(lengths), max(lengths)
+    chosen = [get_task(n) for n in tasks]
+    for task in chosen:
+        task.generate(tokenizer, text, shortest, seed, samples)
+    essay = [t for t in chosen if dict(t.params).get("haystack") == "essay"]
+    if essay and longest != shortest:
+        essay[0].generate(tokenizer, text, longest, seed, samples)
 
 
 def minimum_length(name: str, tokenizer: Any, haystack: HaystackLike, *, reserve: int = 0,

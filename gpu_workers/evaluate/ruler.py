@@ -153,6 +153,41 @@ def score_by_task_and_length(answers: Sequence[RulerAnswer]) -> list[Measurement
     return out
 
 
+def group_metric(group: str) -> str:
+    return f"ruler_group_{group}"
+
+
+def group_measurements(task_measurements: Sequence[Measurement]) -> list[Measurement]:
+    """``ruler_group_<group>`` per length: the unweighted mean of that group's task means (RULER's categories:
+    retrieval, multi-hop tracing, aggregation), for every group with at least one task evaluated."""
+    from gpu_workers.data.ruler import TASKS
+
+    means: dict[tuple[str, int], list[float]] = defaultdict(list)
+    counts: dict[tuple[str, int], int] = defaultdict(int)
+    for m in task_measurements:
+        task = TASKS.get(m.metric.removeprefix("ruler_")) if m.metric.startswith("ruler_") else None
+        if task is None or m.context_length is None:
+            continue
+        means[(task.group, m.context_length)].append(m.value)
+        counts[(task.group, m.context_length)] += m.samples or 0
+    return [Measurement(group_metric(group), sum(values) / len(values), context_length=length,
+                        samples=counts[(group, length)])
+            for (group, length), values in sorted(means.items())]
+
+
+def effective_lengths(measurements: Sequence[Measurement], original_length: int,
+                      threshold: float = DEFAULT_THRESHOLD) -> list[Measurement]:
+    """:func:`effective_length_measurements` for the average (``ruler_reference``, ``ruler_effective_length``)
+    and for every task group present (``ruler_reference_<group>``, ``ruler_effective_length_<group>``)."""
+    out = effective_length_measurements(measurements, original_length, threshold)
+    groups = sorted({m.metric.removeprefix("ruler_group_") for m in measurements
+                     if m.metric.startswith("ruler_group_")})
+    for group in groups:
+        for m in effective_length_measurements(measurements, original_length, threshold, group_metric(group)):
+            out.append(Measurement(f"{m.metric}_{group}", m.value, context_length=m.context_length))
+    return out
+
+
 def scores_by_length(measurements: Sequence[Measurement], metric: str = AVERAGE_METRIC) -> dict[int, float]:
     """``{length: value}`` of one metric (default the average), for :func:`effective_length`."""
     return {int(m.context_length): m.value for m in measurements

@@ -245,7 +245,210 @@ window.ContextLabEvaluations = (function () {
     });
   }
 
-  function draw(charts, original) {
+
+  // One colour per method, so a method's dashed and solid lines (LongPPL) or its curve, threshold line and
+  // effective-length star (RULER) read as one.
+  var COLORWAY = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                  "#bcbd22", "#17becf"];
+
+  function colorOf(index) { return COLORWAY[index % COLORWAY.length]; }
+
+  function oneTrace(name, points, options) {
+    var series = {};
+    series[name] = points;
+    return lineTraces(series, options)[0];
+  }
+
+  function namesOf() {
+    var names = [];
+    Array.prototype.forEach.call(arguments, function (series) {
+      Object.keys(series || {}).forEach(function (name) { if (names.indexOf(name) < 0) { names.push(name); } });
+    });
+    return names;
+  }
+
+  // LongPPL (solid) beside ordinary perplexity (dashed) per method, on one pair of log axes; key-token counts
+  // on hover.
+  function longpplChart(series, original) {
+    var longppl = series.longppl || {}, perplexity = series.perplexity || {};
+    var counts = series.longppl_key_tokens || {};
+    var traces = [];
+    namesOf(longppl, perplexity).forEach(function (name, index) {
+      var color = colorOf(index);
+      if (longppl[name]) {
+        var keys = {};
+        (counts[name] || []).forEach(function (p) { keys[p[0]] = p[1]; });
+        var trace = oneTrace(name + " LongPPL", longppl[name]);
+        trace.line = { color: color };
+        trace.marker = { color: color };
+        trace.customdata = longppl[name].map(function (p) {
+          return keys[p[0]] != null ? Math.round(keys[p[0]]) : "?";
+        });
+        trace.hovertemplate = escapeText(name) + "<br>length %{x}<br>LongPPL %{y:.3f}" +
+          "<br>key tokens %{customdata}<extra></extra>";
+        traces.push(trace);
+      }
+      if (perplexity[name]) {
+        var ppl = oneTrace(name + " perplexity", perplexity[name], { noErrors: true });
+        ppl.line = { color: color, dash: "dash" };
+        ppl.marker = { color: color, symbol: "circle-open" };
+        ppl.hovertemplate = escapeText(name) + "<br>length %{x}<br>perplexity %{y:.3f}<extra></extra>";
+        traces.push(ppl);
+      }
+    });
+    plot("longppl-chart", traces, lineLayout("perplexity", original, { type: "log" }));
+  }
+
+  // RULER: the average per length per method, its threshold (threshold × reference) and effective length.
+  function rulerChart(rulers, threshold, original) {
+    var traces = [];
+    rulers.forEach(function (run, index) {
+      var color = colorOf(index);
+      traces.push({ name: run.name, type: "scatter", mode: "lines+markers", x: run.lengths, y: run.average,
+                    line: { color: color }, marker: { color: color }, connectgaps: true,
+                    hovertemplate: escapeText(run.name) + "<br>length %{x}<br>average %{y:.3f}<extra></extra>" });
+      if (run.reference != null && threshold != null && run.lengths.length) {
+        var bar = threshold * run.reference;
+        traces.push({ name: run.name + " threshold", type: "scatter", mode: "lines", showlegend: false,
+                      x: [run.lengths[0], run.lengths[run.lengths.length - 1]], y: [bar, bar],
+                      line: { color: color, dash: "dot", width: 1.5 },
+                      hovertemplate: escapeText(run.name) + "<br>threshold " + threshold + " × " +
+                        run.reference.toFixed(3) + " = %{y:.3f}<extra></extra>" });
+      }
+      if (run.effective_length != null) {
+        var at = run.lengths.indexOf(run.effective_length);
+        traces.push({ name: run.name + " effective length", type: "scatter", mode: "markers", showlegend: false,
+                      x: [run.effective_length], y: [at >= 0 ? run.average[at] : null],
+                      marker: { color: color, symbol: "star", size: 15, line: { color: "#111827", width: 1 } },
+                      hovertemplate: escapeText(run.name) + "<br>effective length %{x}<extra></extra>" });
+      }
+    });
+    plot("ruler-chart", traces, lineLayout("RULER average score", original, { range: [-0.05, 1.05] }));
+  }
+
+  // The heatmaps' red → yellow → green scale, lightened so a cell's number stays readable.
+  function scoreColor(value) {
+    var stops = [[185, 28, 28], [250, 204, 21], [21, 128, 61]];
+    var v = Math.max(0, Math.min(1, value)) * 2, i = Math.min(1, Math.floor(v)), f = v - i;
+    var rgb = stops[i].map(function (c, k) { return Math.round(c + (stops[i + 1][k] - c) * f); });
+    return "rgba(" + rgb.join(", ") + ", 0.45)";
+  }
+
+  function element(tag, text, attributes) {
+    var node = document.createElement(tag);
+    if (text != null) { node.textContent = text; }
+    Object.keys(attributes || {}).forEach(function (name) { node.setAttribute(name, attributes[name]); });
+    return node;
+  }
+
+  function scoreRow(label, scores, lengths, attributes, samples, title) {
+    var tr = element("tr", null, attributes);
+    tr.appendChild(element("th", label, title ? { title: title, scope: "row" } : { scope: "row" }));
+    lengths.forEach(function (length, column) {
+      var value = scores[column];
+      var td = element("td", value == null ? "" : Number(value).toFixed(2), { "data-length": length });
+      td.className = "score";
+      if (value != null) {
+        td.style.backgroundColor = scoreColor(value);
+        var n = samples ? samples[column] : null;
+        if (n != null) { td.title = n + " sample" + (n === 1 ? "" : "s"); }
+      }
+      tr.appendChild(td);
+    });
+    return tr;
+  }
+
+  var GROUP_LABELS = { retrieval: "Retrieval", multi_hop: "Multi-hop tracing", aggregation: "Aggregation" };
+
+  function rulerTables(rulers) {
+    var container = document.getElementById("ruler-tables");
+    if (!container) { return; }
+    container.textContent = "";
+    rulers.forEach(function (run) {
+      var block = element("div", null, { "data-role": "ruler-table", "data-method": run.name });
+      block.appendChild(element("h3", run.name));
+      var table = element("table");
+      table.className = "table numbers ruler";
+      var head = element("tr");
+      head.appendChild(element("th", "Task"));
+      run.lengths.forEach(function (length) { head.appendChild(element("th", String(length))); });
+      table.appendChild(element("thead")).appendChild(head);
+      var body = table.appendChild(element("tbody"));
+      Object.keys(run.groups).forEach(function (group) {
+        var row = scoreRow(GROUP_LABELS[group] || group, run.groups[group], run.lengths,
+                           { "data-group": group, "class": "group" });
+        body.appendChild(row);
+        run.tasks.filter(function (task) { return task.group === group; }).forEach(function (task) {
+          body.appendChild(scoreRow(task.task, task.scores, run.lengths, { "data-task": task.task },
+                                    task.samples, task.description));
+        });
+      });
+      body.appendChild(scoreRow("Average", run.average, run.lengths,
+                                { "data-role": "ruler-average-row", "class": "average" }));
+      block.appendChild(table);
+      container.appendChild(block);
+    });
+  }
+
+  function effectiveText(length, reference) {
+    if (length != null) { return Number(length).toLocaleString("en-US"); }
+    return reference != null ? "< shortest length" : "—";
+  }
+
+  function rulerSummary(rulers) {
+    var table = document.getElementById("ruler-summary");
+    if (!table) { return; }
+    var groups = [];
+    rulers.forEach(function (run) {
+      Object.keys(run.effective_by_group).forEach(function (g) { if (groups.indexOf(g) < 0) { groups.push(g); } });
+    });
+    groups.sort(function (a, b) {
+      return Object.keys(GROUP_LABELS).indexOf(a) - Object.keys(GROUP_LABELS).indexOf(b);
+    });
+    var head = table.querySelector("thead"), body = table.querySelector("tbody");
+    head.textContent = "";
+    body.textContent = "";
+    var tr = head.appendChild(element("tr"));
+    ["Method", "Reference (at length)", "Effective length"].concat(groups.map(function (g) {
+      return (GROUP_LABELS[g] || g) + " effective length";
+    })).forEach(function (label) { tr.appendChild(element("th", label)); });
+    rulers.forEach(function (run) {
+      var row = body.appendChild(element("tr", null, { "data-method": run.name }));
+      row.appendChild(element("td", run.name));
+      row.appendChild(element("td", run.reference == null ? "—" :
+        run.reference.toFixed(2) + " (at " + run.reference_length + ")", { "data-role": "ruler-reference" }));
+      row.appendChild(element("td", effectiveText(run.effective_length, run.reference),
+                              { "data-role": "ruler-effective" }));
+      groups.forEach(function (group) {
+        var reference = (run.reference_by_group || {})[group];
+        row.appendChild(element("td", group in run.effective_by_group ?
+          effectiveText(run.effective_by_group[group], reference) : "—", { "data-group": group }));
+      });
+    });
+  }
+
+  // Under each evaluation: what it was measured under; several lines when the runs' protocols differ.
+  function protocolLines(protocols) {
+    Object.keys(protocols || {}).forEach(function (evaluation) {
+      var target = document.querySelector("[data-role='protocol-" + evaluation + "']");
+      if (!target) { return; }
+      var entries = protocols[evaluation] || [];
+      target.textContent = "";
+      if (entries.length > 1) {
+        target.appendChild(element("span", "These runs were measured under different protocols and are not " +
+                                   "ranked against each other.", { "data-role": "protocol-differ" }));
+      }
+      entries.forEach(function (entry) {
+        var line = element("span", null, { "data-role": "protocol-entry", "data-key": entry.key || "" });
+        line.appendChild(element("strong", entries.length === 1 ? "Protocol" : entry.runs.join(", ")));
+        line.appendChild(document.createTextNode(": " + entry.text));
+        target.appendChild(line);
+      });
+    });
+  }
+
+  function draw(charts, original, protocols) {
+    protocolLines(protocols);
     if (!charts) { return; }
     searchCharts(charts.search);
     plot("train-loss-chart", Object.keys(charts.train_loss || {}).map(function (name) {
@@ -255,6 +458,10 @@ window.ContextLabEvaluations = (function () {
     }), { margin: { t: 20, r: 20, b: 50, l: 60 }, legend: { orientation: "h", y: -0.25 },
           xaxis: { title: { text: "step" } }, yaxis: { title: { text: "loss (nats)" } } });
     var s = charts.series;
+    longpplChart(s, original);
+    rulerChart(charts.ruler || [], charts.ruler_threshold, original);
+    rulerTables(charts.ruler || []);
+    rulerSummary(charts.ruler || []);
     plot("passkey-chart", lineTraces(s.passkey), lineLayout("passkey accuracy", original, { range: [-0.05, 1.05] }));
     needleState = { grids: charts.needle || [], original: original };
     bindNeedleControls();

@@ -122,7 +122,7 @@
           return;
         }
         draw(payload.series, payload.original_context);
-        window.ContextLabEvaluations.draw(payload.charts, payload.original_context);
+        window.ContextLabEvaluations.draw(payload.charts, payload.original_context, payload.protocols);
         if (payload.active) {
           window.setTimeout(poll, POLL_MS);
         }
@@ -132,7 +132,7 @@
 
   document.querySelectorAll("[data-role='log']").forEach(function (log) { log.scrollTop = log.scrollHeight; });
   draw(chartData.series, chartData.original_context);
-  window.ContextLabEvaluations.draw(chartData.charts, chartData.original_context);
+  window.ContextLabEvaluations.draw(chartData.charts, chartData.original_context, chartData.protocols);
   if (config && config.dataset.active === "1") {
     window.setTimeout(poll, POLL_MS);
   }

@@ -56,7 +56,10 @@ def test_experiment_csv_round_trips_awkward_names(owner: Any, team: Any, base_mo
     Method.objects.filter(pk=experiment.runs.get().method_id).update(name="-PI, the \"linear\" one")
     text, rows = download(login(owner), reverse("experiment_csv", args=[experiment.uuid]))
     assert text.splitlines()[0] == ("experiment,experiment_id,run_id,method,family,method_params,status,started,"
-                                    "duration_s,metric,context_length,depth,samples,value,ci_low,ci_high")
+                                    "duration_s,metric,context_length,depth,samples,value,ci_low,ci_high,"
+                                    "evaluation,protocol_key,dataset,perplexity_protocol,stride,documents,"
+                                    "document_min_tokens,bos,tokenizer_hash,seed,dtype,device,attn_implementation,"
+                                    "protocol_settings")
     assert len(rows) == 2
     first = rows[0]
     assert first["experiment"] == "'" + name

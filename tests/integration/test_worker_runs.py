@@ -319,3 +319,54 @@ def test_the_composers_default_experiment_shows_every_phenomenon_on_the_demo_mod
     assert key["yarn"][512] >= 0.5 and found["yarn"][512] >= 0.5, (key["yarn"], found["yarn"])
     for run in runs.values():
         assert any("needle haystack: 'prose'" in line for line in run["log"]), "haystacks are prose by default"
+
+
+def test_ruler_longppl_and_protocols_on_the_demo_model(api: Any, celery_worker: WorkerProcess) -> None:
+    """Issue 13's acceptance, as far as the demo model allows (the composer's lengths and targets, RULER's 13 tasks).
+
+    Measured with seed 0, 5 samples a cell (this test): the baseline averages 0.18 at 256 and 0 past it, so its
+    effective length is the original context; YaRN ×4 0.07 / 0.05 / 0 at 256 / 512 / 1,024 — it keeps some retrieval
+    at 512 where the baseline has none, but falls below 85% of its own score at 256, so on this model its RULER
+    effective length is 256 as well and that is not asserted (docs/evaluation.md: the same at 10 and 20 samples; the
+    demo model was taught passkey-format needles only).
+    """
+    methods = [{"family": "none", "params": {}}, {"family": "yarn", "params": {}}]
+    experiment = _submit(api, methods, eval_lengths=None, evaluations={
+        "suite": ["perplexity", "longppl", "ruler"], "ruler_samples": 5})
+    runs = {r["method"]["family"]: _wait_terminal(api, r["id"], celery_worker, timeout=600)
+            for r in experiment["runs"]}
+    assert [r["status"] for r in runs.values()] == ["succeeded"] * 2, runs
+    from gpu_workers.spec import RULER_TASKS
+
+    for run in runs.values():
+        cells = {(m["metric"], m["context_length"]) for m in run["measurements"] if m["metric"].startswith("ruler_")}
+        assert {(f"ruler_{t}", n) for t in RULER_TASKS for n in (256, 512, 1024)} <= cells
+    base, yarn = _metric(runs["none"], "ruler_average"), _metric(runs["yarn"], "ruler_average")
+    effective = {family: [m["value"] for m in run["measurements"] if m["metric"] == "ruler_effective_length"]
+                 for family, run in runs.items()}
+    assert base[256] > 0.1 and base[512] == base[1024] == 0.0, base
+    assert effective["none"] == [256.0], "the baseline's effective length is its original context"
+    assert yarn[512] > base[512], (yarn, base)
+    assert len(effective["yarn"]) == 1 and effective["yarn"][0] >= 256
+
+    # LongPPL beside perplexity: the same key tokens for both runs (the base model judged them), and the baseline
+    # loses them past its window while YaRN keeps them.
+    keys = {family: _metric(run, "longppl_key_tokens") for family, run in runs.items()}
+    assert keys["none"] == keys["yarn"] and keys["none"][1024] > keys["none"][256] > 0, keys
+    long_base, long_yarn = _metric(runs["none"], "longppl"), _metric(runs["yarn"], "longppl")
+    assert long_base[1024] > 1.5 * long_base[256] and long_yarn[1024] < long_base[1024], (long_base, long_yarn)
+
+    # Protocols: recorded on each run, shared by both, carried by every evaluation's measurements and the CSV.
+    protocols = {family: run["protocol"] for family, run in runs.items()}
+    assert protocols["none"]["keys"] == protocols["yarn"]["keys"]
+    assert set(protocols["none"]["keys"]) == {"perplexity", "longppl", "ruler"}
+    for family, run in runs.items():
+        stamped = {m["protocol_key"] for m in run["measurements"] if m["metric"] == "perplexity"}
+        assert stamped == {protocols[family]["keys"]["perplexity"]}
+    client, auth = api
+    exported = client.get(f"/api/v1/experiments/{experiment['id']}/measurements.csv", **auth)
+    rows = list(csv.DictReader(io.StringIO(b"".join(exported.streaming_content).decode())))
+    ruler_rows = [r for r in rows if r["metric"].startswith("ruler_")]
+    assert ruler_rows and {r["evaluation"] for r in ruler_rows} == {"ruler"}
+    assert {(r["bos"], r["dtype"], r["device"], r["attn_implementation"], r["document_min_tokens"])
+            for r in rows if r["metric"] == "perplexity"} == {("none", "float32", "cpu", "sdpa", "1024")}

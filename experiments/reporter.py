@@ -2,12 +2,18 @@
 
 The pipeline knows nothing of Django; this object turns its events into service calls keyed on
 the run's uuid, so a run the sweeper already gave up on (or one retried since) absorbs nothing.
+
+Round trips do not grow with the numbers a step reports: measurements wait in a buffer and go in one
+bulk insert at the next progress or log event (or every FLUSH_EVERY of them, and when the run ends),
+and while the heartbeat runs it also reads the cancel flag, so ``should_stop`` — asked before every
+document, sample and needle — costs no query.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +27,7 @@ from gpu_workers.reporter import Measurement
 
 logger = logging.getLogger(__name__)
 MAX_LINE = 1000
+FLUSH_EVERY = 500
 
 
 class DbReporter:
@@ -34,6 +41,10 @@ class DbReporter:
         self.run_id = str(run_id)
         self.lines: deque[str] = deque(maxlen=tail_lines or settings.CONTEXTLAB_LOG_TAIL_LINES)
         self._last_was_progress = False
+        self._pending: list[Measurement] = []
+        self._stop = threading.Event()
+        self._watched = False
+        """True while a heartbeat thread keeps ``_stop`` current."""
 
     # --- the Reporter protocol ---
 
@@ -43,27 +54,40 @@ class DbReporter:
             self.lines.pop()
         self.lines.append(message)
         self._last_was_progress = True
+        self.flush()
         services.write_progress(self.run_id, fraction, message, self.tail)
 
     def log(self, line: str) -> None:
         for part in str(line).splitlines() or [""]:
             self.lines.append(part[:MAX_LINE])
         self._last_was_progress = False
+        self.flush()
         services.write_log(self.run_id, self.tail)
 
     def measurement(self, measurement: Measurement) -> None:
-        services.record_measurement(self.run_id, measurement)
+        self._pending.append(measurement)
+        if len(self._pending) >= FLUSH_EVERY:
+            self.flush()
 
     def artifact(self, kind: str, path: str) -> None:
+        self.flush()
         services.record_artifact(self.run_id, kind, path)
 
     def protocol(self, facts: dict[str, Any]) -> None:
         services.record_protocol(self.run_id, facts)
 
     def should_stop(self) -> bool:
+        if self._watched:
+            return self._stop.is_set()
         return services.should_stop(self.run_id)
 
     # --- helpers ---
+
+    def flush(self) -> None:
+        """Write the buffered measurements: one query to check the attempt still runs, one bulk insert."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            services.record_measurements(self.run_id, pending)
 
     @property
     def tail(self) -> str:
@@ -71,29 +95,47 @@ class DbReporter:
 
     @contextmanager
     def heartbeat(self, interval: float | None = None) -> Iterator[None]:
-        """Write ``heartbeat_at`` every *interval* seconds from a daemon thread while the block runs."""
-        beat = Heartbeat(self.run_id, interval or settings.CONTEXTLAB_HEARTBEAT_INTERVAL)
+        """Write ``heartbeat_at`` every *interval* seconds from a daemon thread while the block runs, and read
+        the cancel flag every ``CONTEXTLAB_CANCEL_POLL_INTERVAL`` seconds for ``should_stop``."""
+        self._stop.clear()
+        beat = Heartbeat(self.run_id, interval or settings.CONTEXTLAB_HEARTBEAT_INTERVAL, stop=self._stop,
+                         poll=settings.CONTEXTLAB_CANCEL_POLL_INTERVAL)
+        beat.check()  # a cancel that came before the block is seen at once
         beat.start()
+        self._watched = True
         try:
             yield
         finally:
+            self._watched = False
             beat.stop()
+            self.flush()
 
 
 class Heartbeat(threading.Thread):
     """A daemon thread: it must never keep a worker process alive, and it owns its DB connection."""
 
-    def __init__(self, run_id: str, interval: float) -> None:
+    def __init__(self, run_id: str, interval: float, stop: threading.Event | None = None,
+                 poll: float | None = None) -> None:
         super().__init__(name=f"heartbeat-{run_id}", daemon=True)
         self.run_id = run_id
         self.interval = interval
+        self.poll = min(poll or interval, interval)
+        self.stop_flag = stop or threading.Event()
         self._stopped = threading.Event()
 
+    def check(self) -> None:
+        if services.should_stop(self.run_id):
+            self.stop_flag.set()
+
     def run(self) -> None:
+        next_beat = time.monotonic() + self.interval
         try:
-            while not self._stopped.wait(self.interval):
+            while not self._stopped.wait(self.poll):
                 try:
-                    services.beat(self.run_id)
+                    self.check()
+                    if time.monotonic() >= next_beat:
+                        services.beat(self.run_id)
+                        next_beat = time.monotonic() + self.interval
                 except Exception:  # a missed beat is survivable; a dead heartbeat thread is not
                     logger.exception("heartbeat for run %s failed", self.run_id)
         finally:

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Avg, Count, Exists, Max, Min, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Avg, Count, Exists, IntegerField, Max, Min, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 
 from experiments import evaluation_charts
@@ -29,17 +30,46 @@ LOWER_IS_BETTER = {
 STATUS_LOG_LINES = 8
 
 
+def _run_count(status: str | None = None) -> Coalesce:
+    """How many of the outer experiment's runs (with *status*): a correlated subquery, not a join."""
+    runs = Run.objects.filter(experiment=OuterRef("pk"))
+    if status is not None:
+        runs = runs.filter(status=status)
+    counted = runs.order_by().values("experiment").annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+
+
 def experiments_for_user(user: Any) -> QuerySet[Experiment]:
-    """The dashboard list with run counts per status: one query."""
-    counts = {
-        f"n_{status}": Count("runs", filter=Q(runs__status=status), distinct=True) for status in Run.Status.values
-    }
+    """The dashboard list with run counts per status (``n_runs``, ``n_<status>``), newest first: one query.
+
+    The counts are correlated subqueries rather than a GROUP BY over a join with runs, so a page
+    (``ORDER BY … LIMIT``) only counts the runs of its own rows and the paginator's ``count()`` leaves
+    them out: a page costs the same at 100 or 10,000 experiments (docs/performance.md).
+    """
+    counts = {f"n_{status}": _run_count(status) for status in Run.Status.values}
     return (
         visible_experiments(user)
         .select_related("team", "base_model", "dataset", "created_by")
-        .annotate(n_runs=Count("runs", distinct=True), **counts)
-        .order_by("-created")
+        .annotate(n_runs=_run_count(), **counts)
+        .order_by("-created", "-id")
     )
+
+
+def filter_experiments(experiments: QuerySet[Experiment], team: Team | None = None,
+                       base_model: BaseModel | None = None, dataset: Any = None, status: str | None = None,
+                       q: str | None = None) -> QuerySet[Experiment]:
+    """Narrow an experiment list: team, base model, dataset, a run with *status*, name containing *q*."""
+    if team is not None:
+        experiments = experiments.filter(team=team)
+    if base_model is not None:
+        experiments = experiments.filter(base_model=base_model)
+    if dataset is not None:
+        experiments = experiments.filter(dataset=dataset)
+    if status:
+        experiments = experiments.filter(Exists(Run.objects.filter(experiment=OuterRef("pk"), status=status)))
+    if q:
+        experiments = experiments.filter(name__icontains=q)
+    return experiments
 
 
 @dataclass
@@ -358,13 +388,26 @@ def _protocol_columns(protocol: dict[str, Any], key: str) -> dict[str, Any]:
             "protocol_settings": rest}
 
 
+MEASUREMENT_CHUNK = 2000
+"""Rows fetched per round trip while the CSV streams (a server-side cursor on PostgreSQL)."""
+_MEASUREMENT_FIELDS = ("run_id", "metric", "context_length", "depth", "samples", "value", "ci_low", "ci_high",
+                       "protocol_key")
+
+
 def measurement_rows(experiment: Experiment) -> Iterator[dict[str, Any]]:
-    """One row per measurement (a run without any gets one row with blank metric): two queries."""
+    """One row per measurement (a run without any gets one row with blank metric): two queries.
+
+    Streamed: measurements arrive as tuples in chunks, so a million-row export holds one chunk in memory
+    and its first row leaves before the last is read (docs/performance.md).
+    """
     runs = list(experiment.runs.select_related("method").order_by("id"))
-    by_run: dict[int, list[Measurement]] = defaultdict(list)
-    for m in Measurement.objects.filter(run__experiment=experiment).order_by("run_id", "metric", "context_length",
-                                                                             "id"):
-        by_run[m.run_id].append(m)
+    stream = (
+        Measurement.objects.filter(run__experiment=experiment)
+        .order_by("run_id", "metric", "context_length", "id")
+        .values_list(*_MEASUREMENT_FIELDS)
+        .iterator(chunk_size=MEASUREMENT_CHUNK)
+    )
+    pending = next(stream, None)
     for run in runs:
         base = {
             "experiment": experiment.name,
@@ -377,19 +420,19 @@ def measurement_rows(experiment: Experiment) -> Iterator[dict[str, Any]]:
             "started": _iso(run.started_at),
             "duration_s": run.duration_s,
         }
-        measurements = by_run.get(run.pk) or [None]
-        for m in measurements:
-            yield {
-                **base,
-                "metric": m.metric if m else None,
-                "context_length": m.context_length if m else None,
-                "depth": m.depth if m else None,
-                "samples": m.samples if m else None,
-                "value": m.value if m else None,
-                "ci_low": m.ci_low if m else None,
-                "ci_high": m.ci_high if m else None,
-                **_protocol_columns(run.protocol, m.protocol_key if m else ""),
-            }
+        protocol_columns: dict[str, dict[str, Any]] = {}
+        wrote = False
+        while pending is not None and pending[0] == run.pk:
+            _, metric, length, depth, samples, value, low, high, key = pending
+            if key not in protocol_columns:
+                protocol_columns[key] = _protocol_columns(run.protocol, key)
+            yield {**base, "metric": metric, "context_length": length, "depth": depth, "samples": samples,
+                   "value": value, "ci_low": low, "ci_high": high, **protocol_columns[key]}
+            wrote = True
+            pending = next(stream, None)
+        if not wrote:
+            yield {**base, **dict.fromkeys(("metric", "context_length", "depth", "samples", "value", "ci_low",
+                                            "ci_high")), **_protocol_columns(run.protocol, "")}
 
 
 def _iso(moment: Any) -> str | None:

@@ -256,21 +256,21 @@ def should_stop(run_id: str) -> bool:
 
 def record_measurement(run_id: str, measurement: ReportedMeasurement) -> Measurement | None:
     """Store one reported number, if the run is still running as this attempt."""
-    run = Run.objects.filter(uuid=run_id, status=Status.RUNNING).only("id").first()
-    if run is None:
-        return None
-    return Measurement.objects.create(
-        run=run,
-        metric=measurement.metric,
-        value=float(measurement.value),
-        context_length=measurement.context_length,
-        depth=measurement.depth,
-        samples=measurement.samples,
-        ci_low=measurement.ci_low,
-        ci_high=measurement.ci_high,
-        step=measurement.step,
-        protocol_key=(measurement.protocol_key or "")[:16],
-    )
+    stored = record_measurements(run_id, [measurement])
+    return stored[0] if stored else None
+
+
+def record_measurements(run_id: str, measurements: Iterable[ReportedMeasurement]) -> list[Measurement]:
+    """Store reported numbers in one insert, if the run is still running as this attempt: two queries."""
+    run_pk = Run.objects.filter(uuid=run_id, status=Status.RUNNING).values_list("pk", flat=True).first()
+    if run_pk is None:
+        return []
+    return Measurement.objects.bulk_create([
+        Measurement(run_id=run_pk, metric=m.metric, value=float(m.value), context_length=m.context_length,
+                    depth=m.depth, samples=m.samples, ci_low=m.ci_low, ci_high=m.ci_high, step=m.step,
+                    protocol_key=(m.protocol_key or "")[:16])
+        for m in measurements
+    ])
 
 
 def record_protocol(run_id: str, facts: dict[str, Any]) -> bool:

@@ -203,6 +203,8 @@ CONTEXTLAB_DATA_DIR = DATA_DIR
 CONTEXTLAB_HEARTBEAT_TIMEOUT = env_int("CONTEXTLAB_HEARTBEAT_TIMEOUT", 120)
 """Seconds without a heartbeat after which the sweeper declares a running run's worker lost."""
 CONTEXTLAB_HEARTBEAT_INTERVAL = float(env_str("CONTEXTLAB_HEARTBEAT_INTERVAL", "5"))
+CONTEXTLAB_CANCEL_POLL_INTERVAL = float(env_str("CONTEXTLAB_CANCEL_POLL_INTERVAL", "0.5"))
+"""How often a running run's heartbeat thread reads its cancel flag (the pipeline then asks no query)."""
 """Seconds between heartbeats written by a worker while its run executes."""
 CONTEXTLAB_LOG_TAIL_LINES = 50
 CONTEXTLAB_MODEL_ROOTS = [
@@ -215,6 +217,8 @@ CONTEXTLAB_GGUF_TIMEOUT = env_int("CONTEXTLAB_GGUF_TIMEOUT", 1800)
 """Seconds a GGUF conversion (de-quantising in a subprocess) may take before registration gives up."""
 CONTEXTLAB_DEVICE = env_str("CONTEXTLAB_DEVICE", "auto")
 """The RunSpec device: ``auto`` (CUDA when the worker has it), ``cpu`` or ``cuda``."""
+CONTEXTLAB_PAGE_SIZE = max(1, env_int("CONTEXTLAB_PAGE_SIZE", 50))
+"""Experiments per page on the dashboard and in ``GET /api/v1/experiments/``."""
 
 LOGGING = {
     "version": 1,

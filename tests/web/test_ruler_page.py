@@ -186,8 +186,8 @@ def test_page_has_the_longppl_and_ruler_sections_and_a_protocol_line_under_each_
                     "Key-token perplexity (LongPPL)", "Perplexity against length, Key-token perplexity (LongPPL), "
                     "RULER task set (effective length)"):
         assert present in html, present
-    # Key tokens as the settings define them: 1.5 nats saved from a 64-token window to the 256-token context.
-    assert "more than 1.5 nats from a 64-token window to the 256-token original context" in html
+    # Key tokens as the settings define them: 1.5 nats saved from a 32-token window to the 256-token context.
+    assert "more than 1.5 nats from a 32-token window to the 256-token original context" in html
     assert "below 2.5 nats" in html and "0.8 × its reference score" in html
     for evaluation in SUITE:
         assert f'<p class="protocol small muted" data-role="protocol-{evaluation}"></p>' in html
@@ -208,7 +208,7 @@ def test_an_experiment_without_the_new_settings_reads_the_defaults(owner: Any, t
     experiment.save()
     response = login(owner).get(reverse("experiment_detail", args=[experiment.uuid]))
     html = response.content.decode()
-    assert "0.85 × its reference score" in html and "more than 2.0 nats from a 64-token window" in html
+    assert "0.85 × its reference score" in html and "more than 2.0 nats from a 32-token window" in html
     assert response.context["chart"]["protocols"]["ruler"] == [
         {"runs": [experiment.runs.get().method.name], "key": "", "text": "not recorded"}]
 

@@ -167,13 +167,19 @@ def test_failing_pipeline_fails_only_its_run(queued: Experiment, monkeypatch: py
     assert baseline.status == Status.SUCCEEDED and baseline.error == ""
 
 
-def test_cancelled_pipeline_ends_cancelled(queued: Experiment, monkeypatch: pytest.MonkeyPatch, owner: Any) -> None:
-    run = queued.runs.first()
+@pytest.mark.django_db(transaction=True)
+def test_cancelled_pipeline_ends_cancelled(monkeypatch: pytest.MonkeyPatch, owner: Any, team: Any, base_model: Any,
+                                           dataset: Any, settings: Any) -> None:
+    settings.CONTEXTLAB_CANCEL_POLL_INTERVAL = 0.05
+    run = submit(owner, team, base_model, dataset).runs.first()
 
     def pipeline(spec: Any, reporter: Any) -> None:
         services.cancel_run(owner, Run.objects.get(uuid=spec.run_id))  # a user clicks Cancel mid-run
-        if reporter.should_stop():
-            raise Cancelled()
+        deadline = time.monotonic() + 5  # the heartbeat thread reads the flag every poll interval
+        while time.monotonic() < deadline:
+            if reporter.should_stop():
+                raise Cancelled()
+            time.sleep(0.01)
 
     fake_pipeline(monkeypatch, pipeline)
     assert services.execute_run(str(run.uuid), "w") == Status.CANCELLED
@@ -298,3 +304,42 @@ def test_measurements_for_finished_runs_are_dropped(queued: Experiment) -> None:
     run = queued.runs.first()
     assert services.record_measurement(str(run.uuid), Reported("perplexity", 3.0)) is None, "queued, not running"
     assert Measurement.objects.count() == 0
+
+
+def test_a_steps_measurements_cost_two_queries_whatever_their_number(
+    queued: Experiment, django_assert_num_queries: Any
+) -> None:
+    run = queued.runs.first()
+    services.claim_run(str(run.uuid), "w")
+    reporter = DbReporter(str(run.uuid))
+    with django_assert_num_queries(0):
+        for i in range(200):
+            reporter.measurement(Reported("perplexity", float(i), context_length=256 + i))
+    with django_assert_num_queries(2):  # the attempt still runs? one bulk insert
+        reporter.flush()
+    assert run.measurements.count() == 200
+    with django_assert_num_queries(0):
+        reporter.flush()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_while_the_heartbeat_runs_the_cancel_flag_costs_the_pipeline_no_query(
+    owner: Any, team: Any, base_model: Any, dataset: Any, settings: Any
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.CONTEXTLAB_CANCEL_POLL_INTERVAL = 0.05
+    run = submit(owner, team, base_model, dataset).runs.first()
+    services.claim_run(str(run.uuid), "w")
+    reporter = DbReporter(str(run.uuid))
+    with reporter.heartbeat(interval=5):
+        with CaptureQueriesContext(connection) as queries:
+            assert not any(reporter.should_stop() for _ in range(1000))
+        assert len(queries) == 0, "the heartbeat thread reads the flag on its own connection"
+        services.cancel_run(owner, run)
+        deadline = time.monotonic() + 5
+        while not reporter.should_stop() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert reporter.should_stop(), "the cancel is seen within a poll interval"
+    assert reporter.should_stop() is True, "after the block it asks the database again"

@@ -1,0 +1,75 @@
+"""The experiment list's filters (team, base model, dataset, run status, name search) and its pagination.
+
+Shared by the dashboard and ``GET /api/v1/experiments/``. Query-string values are untrusted: a team,
+model or dataset id the user cannot see (or that is not a number) is ignored and the form says so on that
+field; an unknown status likewise; a page past the end is the last page, a malformed page the first.
+Choices are checked against the user's own teams, models and datasets, so an id cannot reveal anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.core.paginator import Page, Paginator
+from django.db.models import QuerySet
+from django.http import QueryDict
+
+from experiments import selectors
+from experiments.access import teams_of, visible_base_models, visible_datasets
+from experiments.models import Experiment, Run
+
+FILTER_KEYS = ("team", "base_model", "dataset", "status", "q")
+
+
+class ExperimentFilterForm(forms.Form):
+    """Bound to the query string; :meth:`filters` is what survived validation (bad fields dropped)."""
+
+    team = forms.ModelChoiceField(queryset=None, required=False, label="Team",  # type: ignore[arg-type]
+                                  empty_label="All teams")
+    base_model = forms.ModelChoiceField(queryset=None, required=False, label="Base model",  # type: ignore[arg-type]
+                                        empty_label="All base models")
+    dataset = forms.ModelChoiceField(queryset=None, required=False, label="Dataset",  # type: ignore[arg-type]
+                                     empty_label="All datasets")
+    status = forms.ChoiceField(choices=[("", "Any run status"), *Run.Status.choices], required=False,
+                               label="A run that is")
+    q = forms.CharField(required=False, max_length=200, label="Name contains", strip=True)
+
+    def __init__(self, user: Any, data: QueryDict | dict[str, Any] | None = None) -> None:
+        wanted = {key: data.get(key) for key in FILTER_KEYS if data and data.get(key) not in (None, "")}
+        super().__init__(wanted)
+        self.fields["team"].queryset = teams_of(user).order_by("name")
+        self.fields["base_model"].queryset = visible_base_models(user).order_by("name", "id")
+        self.fields["dataset"].queryset = visible_datasets(user).order_by("name", "id")
+        for name in ("team", "base_model", "dataset"):
+            self.fields[name].error_messages["invalid_choice"] = (
+                f"Unknown {self.fields[name].label.lower()}: ignored."  # type: ignore[union-attr]
+            )
+            self.fields[name].error_messages["invalid_pk_value"] = (
+                f"Unknown {self.fields[name].label.lower()}: ignored."  # type: ignore[union-attr]
+            )
+        self.fields["status"].error_messages["invalid_choice"] = "Unknown run status: ignored."
+
+    def filters(self) -> dict[str, Any]:
+        """The valid filters only (a bad field is reported by ``errors`` and left out)."""
+        self.is_valid()
+        clean = getattr(self, "cleaned_data", {})
+        return {key: clean[key] for key in FILTER_KEYS if key not in self.errors and clean.get(key)}
+
+    def params(self) -> dict[str, Any]:
+        """The valid filters as query-string values, for links that keep them (pagination)."""
+        return {key: getattr(value, "pk", value) for key, value in self.filters().items()}
+
+
+def experiment_page(user: Any, query: QueryDict) -> tuple[ExperimentFilterForm, Page, QuerySet[Experiment]]:
+    """The filter form, the requested page of the user's filtered experiments, and the whole filtered list.
+
+    Three queries whatever the number of experiments: the form's choices are lazy (rendering a select costs
+    one each), the paginator's count, and the page's rows with their run counts.
+    """
+    form = ExperimentFilterForm(user, query)
+    experiments = selectors.filter_experiments(selectors.experiments_for_user(user), **form.filters())
+    paginator = Paginator(experiments, settings.CONTEXTLAB_PAGE_SIZE)
+    page = paginator.get_page(query.get("page"))
+    return form, page, experiments

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 
-from experiments import checkpoints, csv_export, leaderboard, selectors, services
+from experiments import checkpoints, csv_export, experiment_filters, leaderboard, selectors, services
 from experiments.access import (
     can_submit,
     experiment_for,
@@ -242,16 +243,42 @@ def _body(request: HttpRequest) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+def _experiment_list(request: HttpRequest) -> dict[str, Any]:
+    """One page of the user's filtered experiments: ``{"count", "next", "previous", "results"}``.
+
+    Same filters and page size as the dashboard (:mod:`experiments.experiment_filters`); ``next`` and
+    ``previous`` are absolute URLs keeping the filters, null at the ends. ``experiments`` repeats
+    ``results`` for clients of the unpaginated list (deprecated); ``ignored_filters`` names bad filter values.
+    """
+    form, page, _ = experiment_filters.experiment_page(request.user, request.GET)
+    filters = form.params()
+
+    def link(number: int) -> str:
+        return request.build_absolute_uri(f"{request.path}?{urlencode({**filters, 'page': number})}")
+
+    results = [
+        {"id": str(e.uuid), "name": e.name, "team": _ref(e.team), "base_model": _ref(e.base_model),
+         "dataset": _ref(e.dataset), "created": e.created.isoformat(), "runs": e.n_runs,
+         "run_statuses": {status: getattr(e, f"n_{status}") for status in Run.Status.values},
+         "url": reverse("api_experiment", kwargs={"experiment_id": e.uuid})}
+        for e in page.object_list
+    ]
+    body: dict[str, Any] = {
+        "count": page.paginator.count,
+        "next": link(page.next_page_number()) if page.has_next() else None,
+        "previous": link(page.previous_page_number()) if page.has_previous() else None,
+        "results": results,
+        "experiments": results,
+    }
+    if form.errors:
+        body["ignored_filters"] = {name: list(messages) for name, messages in form.errors.items()}
+    return body
+
+
 @api_view("GET", "POST")
 def experiments(request: HttpRequest) -> JsonResponse:
     if request.method == "GET":
-        rows = selectors.experiments_for_user(request.user)[:200]
-        return JsonResponse({"experiments": [
-            {"id": str(e.uuid), "name": e.name, "team": _ref(e.team), "base_model": _ref(e.base_model),
-             "created": e.created.isoformat(), "runs": e.n_runs,
-             "url": reverse("api_experiment", kwargs={"experiment_id": e.uuid})}
-            for e in rows
-        ]})
+        return JsonResponse(_experiment_list(request))
     body = _body(request)
     if body is None:
         return JsonResponse({"errors": {"__all__": ["The body must be a JSON object."]}}, status=400)

@@ -17,7 +17,7 @@ from django.db.models import QuerySet
 from django.http import QueryDict
 
 from experiments import selectors
-from experiments.access import teams_of, visible_base_models, visible_datasets
+from experiments.access import teams_of, visible_base_models, visible_datasets, visible_experiments
 from experiments.models import Experiment, Run
 
 FILTER_KEYS = ("team", "base_model", "dataset", "status", "q")
@@ -65,11 +65,18 @@ class ExperimentFilterForm(forms.Form):
 def experiment_page(user: Any, query: QueryDict) -> tuple[ExperimentFilterForm, Page, QuerySet[Experiment]]:
     """The filter form, the requested page of the user's filtered experiments, and the whole filtered list.
 
-    Three queries whatever the number of experiments: the form's choices are lazy (rendering a select costs
-    one each), the paginator's count, and the page's rows with their run counts.
+    Two queries whatever the number of experiments (the form's choices are lazy: rendering a select costs
+    one each, validating a given id one): the paginator's count, and the page's rows with their run counts.
+    The page is cut from the bare list (ids, ordered, LIMIT/OFFSET) in a subquery and only its rows get the
+    run counts, so a late page does not count the runs of every experiment it skips (docs/performance.md).
     """
     form = ExperimentFilterForm(user, query)
-    experiments = selectors.filter_experiments(selectors.experiments_for_user(user), **form.filters())
-    paginator = Paginator(experiments, settings.CONTEXTLAB_PAGE_SIZE)
+    filters = form.filters()
+    bare = selectors.filter_experiments(visible_experiments(user).order_by("-created", "-id"), **filters)
+    paginator = Paginator(bare, settings.CONTEXTLAB_PAGE_SIZE)
     page = paginator.get_page(query.get("page"))
+    start = (page.number - 1) * paginator.per_page
+    ids = bare.values("pk")[start:start + paginator.per_page]
+    experiments = selectors.filter_experiments(selectors.experiments_for_user(user), **filters)
+    page.object_list = list(experiments.filter(pk__in=ids))
     return form, page, experiments

@@ -262,7 +262,15 @@ class LeaderboardRow:
     best_experiment: tuple[str, str] | None
     """(experiment uuid, experiment name) of the best run."""
     experiments: list[tuple[str, str]]
+    """Up to LEADERBOARD_LINKS experiments it ran in, best first: the row must not grow with history."""
+    experiment_count: int = 0
 
+    @property
+    def more_experiments(self) -> int:
+        return max(0, self.experiment_count - len(self.experiments))
+
+
+LEADERBOARD_LINKS = 5
 
 LENGTH_FREE_METRICS = {"ruler_effective_length"}
 """Metrics measured once per run, not per context length: the leaderboard ignores its length filter for them."""
@@ -341,7 +349,9 @@ def leaderboard_rows(teams: Iterable[Team] | QuerySet[Team], base_model: BaseMod
             mean=row["mean"],
             best=row["best"],
             best_experiment=(winner[0], winner[1]) if winner else None,
-            experiments=[(uuid, name) for uuid, name, _ in links],
+            experiments=[(uuid, name) for uuid, name, _ in
+                         sorted(links, key=lambda link: link[2] if lower else -link[2])[:LEADERBOARD_LINKS]],
+            experiment_count=len(links),
         ))
     return rows
 

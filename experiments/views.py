@@ -17,7 +17,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, Stream
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from experiments import checkpoints, csv_export, leaderboard, rope_charts, selectors, services
+from experiments import checkpoints, csv_export, experiment_filters, leaderboard, rope_charts, selectors, services
 from experiments.access import (
     can_submit,
     experiment_for,
@@ -55,8 +55,15 @@ def _require_some_submit_team(request: HttpRequest) -> None:
 @login_required
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
+    """The user's teams' experiments, filtered and paginated (experiments.experiment_filters): fixed queries."""
+    form, page, _ = experiment_filters.experiment_page(request.user, request.GET)
+    filters = urlencode(form.params())
     return render(request, "experiments/dashboard.html", {
-        "experiments": selectors.experiments_for_user(request.user),
+        "experiments": page.object_list,
+        "page": page,
+        "filter_form": form,
+        "filtered": bool(filters),
+        "filter_query": f"&{filters}" if filters else "",
         "teams": teams_of(request.user),
         "can_submit": submit_teams_of(request.user).exists(),
     })

@@ -68,5 +68,14 @@ def test_leaderboard_ranks_by_best_over_succeeded_runs_only(team: Team, owner: A
         (2, "pi ×2.0", 2, 15.0, 17.5),
     ]
     assert rows[0].best_experiment[1] == "B"
-    assert sorted(name for _, name in rows[0].experiments) == ["A", "B"]
+    assert sorted(name for _, name in rows[0].experiments) == ["A", "B"] and rows[0].more_experiments == 0
     assert selectors.leaderboard_rows([team], base_model, 4096) == []
+
+
+def test_a_leaderboard_row_links_a_bounded_number_of_experiments_best_first(team: Team, owner: Any, base_model: Any,
+                                                                           dataset: Any) -> None:
+    for i in range(8):
+        make_experiment(team, owner, base_model, dataset, runs=1, name=f"E{i}", values=lambda _, n, i=i: 10.0 + i)
+    (row,) = selectors.leaderboard_rows([team], base_model, 512)
+    assert [name for _, name in row.experiments] == ["E0", "E1", "E2", "E3", "E4"], "lowest perplexity first"
+    assert row.experiment_count == 8 and row.more_experiments == 3 and row.runs == 8

@@ -46,6 +46,7 @@ from gpu_workers.device import place
 from gpu_workers.loading import LoadedModel, load
 from gpu_workers.methods.longrope_search import SEARCH_PARAMS
 from gpu_workers.search import Candidate, SearchConfig
+from gpu_workers.search.fitness import batched_perplexity_fitness, perplexity_fitness
 from gpu_workers.search_step import batch_candidates
 from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec
 
@@ -206,8 +207,8 @@ def main() -> None:
     facts = loaded.facts.rope
     docs = training_documents(loaded, length, args.documents)
     batch = args.batch or batch_candidates(CPU.device, len(docs), length)
-    single = search.perplexity_fitness(loaded.model, facts, docs, length)
-    many = search.batched_perplexity_fitness(loaded.model, facts, docs, length)
+    single = perplexity_fitness(loaded.model, facts, docs, length)
+    many = batched_perplexity_fitness(loaded.model, facts, docs, length)
     base_config = SearchConfig.for_model(facts, length, factor=float(args.scale))
     print(
         f"demo model, s = {args.scale}, search length {length}, {len(docs)} training documents, "

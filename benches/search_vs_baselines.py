@@ -31,10 +31,12 @@ from benches.search_efficiency import CPU, DEFAULTS, load_base, machine_line, tr
 from gpu_workers import search
 from gpu_workers.data.documents import long_documents
 from gpu_workers.demo import DEMO_MODEL_DIR
-from gpu_workers.evaluate.perplexity import reset_rotary_cache, token_losses
+from gpu_workers.evaluate.perplexity import token_losses
 from gpu_workers.evaluate.stats import bootstrap_ci
 from gpu_workers.loading import load
 from gpu_workers.methods.longrope_search import search_config
+from gpu_workers.rotary import reset_rotary_cache
+from gpu_workers.search.fitness import batched_perplexity_fitness
 from gpu_workers.search_step import batch_candidates, needle_fitness
 from gpu_workers.spec import DatasetSpec, MethodSpec
 
@@ -58,7 +60,7 @@ def run_search(
     config = search_config(facts, length, params, mode)
     started = time.perf_counter()
     if mode == "longrope":
-        many = search.batched_perplexity_fitness(base.model, facts, search_docs, length)
+        many = batched_perplexity_fitness(base.model, facts, search_docs, length)
         batch = batch_candidates(CPU.device, len(search_docs), length)
         result = search.search(config, None, fitness_many=many, batch_candidates=batch)
     else:

@@ -1,12 +1,16 @@
 """Admin for every table: the operator's escape hatch (fix a team, inspect a stuck run)."""
 
+from typing import Any
+
 from django.contrib import admin
 
+from experiments import length_stats
 from experiments.models import (
     ApiToken,
     Artifact,
     BaseModel,
     Dataset,
+    DatasetLengthStats,
     Experiment,
     Measurement,
     Membership,
@@ -42,12 +46,39 @@ class BaseModelAdmin(admin.ModelAdmin):
     list_filter = ["team", "has_rope"]
     search_fields = ["name", "source"]
 
+    def save_model(self, request: Any, obj: BaseModel, form: Any, change: bool) -> None:
+        """A model added or repointed here gets its datasets' token lengths measured, as one registered on a page."""
+        super().save_model(request, obj, form, change)
+        length_stats.request_for_model(obj)
+
 
 @admin.register(Dataset)
 class DatasetAdmin(admin.ModelAdmin):
     list_display = ["name", "team", "kind", "path"]
     list_filter = ["kind", "team"]
     search_fields = ["name", "path"]
+
+    def save_model(self, request: Any, obj: Dataset, form: Any, change: bool) -> None:
+        """A dataset added here, or repointed (kind, path, fields: a new data key), gets measured as one
+        registered on the dataset form; rows already measured for the same documents are kept."""
+        super().save_model(request, obj, form, change)
+        length_stats.request_for_dataset(obj)
+
+
+@admin.register(DatasetLengthStats)
+class DatasetLengthStatsAdmin(admin.ModelAdmin):
+    """Read-only: rows are written by ``experiments.length_stats`` (the dataset page measures again)."""
+
+    list_display = ["dataset", "tokenizer_key", "status", "progress", "documents", "tokens", "longest", "finished_at"]
+    list_filter = ["status"]
+    search_fields = ["dataset__name", "tokenizer_key", "tokenizer_source"]
+    exclude = ["lengths"]
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Method)

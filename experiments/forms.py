@@ -3,7 +3,8 @@
 The experiment composer is an :class:`ExperimentForm` plus a formset of method rows; a row's
 parameter inputs are generated from ``gpu_workers.methods.FAMILIES`` (``<family>__<param>``), and a
 row is valid only if ``gpu_workers.methods.validate`` accepts it, so the browser, the API and the
-worker agree on what a method configuration means. Forms never save: ``services`` does.
+worker agree on what a method configuration means. Forms never save: ``services`` does (one service call
+here: the composer asks ``length_stats`` to have a dataset measured when it finds no stored token lengths).
 """
 
 from __future__ import annotations
@@ -16,18 +17,14 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
+from experiments import length_stats
 from experiments.access import submit_teams_of, visible_base_models, visible_datasets
 from experiments.model_sources import prepare_source
 from experiments.models import BaseModel, Dataset, Team, params_hash
 from gpu_workers import mixed_windows
 from gpu_workers.data import builtin_corpus
-from gpu_workers.data.documents import (
-    DatasetError,
-    count_long_documents,
-    count_tokens,
-    inspect_dataset,
-    tokenizer_for,
-)
+from gpu_workers.data.documents import DatasetError, inspect_dataset
+from gpu_workers.data.length_stats import LengthStats
 from gpu_workers.methods import FAMILIES, Family, MethodError, RopeFacts, validate
 from gpu_workers.model_facts import ModelSourceError
 from gpu_workers.spec import (
@@ -285,18 +282,42 @@ class ExperimentForm(forms.Form):
     """Set by the composer before validation: which evaluations the dataset must be long enough for."""
 
     def _check_dataset_length(self, base: BaseModel, dataset: Dataset, data: dict[str, Any]) -> None:
+        """Enough documents of the longest length, and haystack tokens, in *base*'s tokens: checked against the
+        lengths a worker stored for (dataset, tokenizer) — see ``experiments.length_stats``. Until they are
+        stored the experiment is refused with a message saying so (they are requested if nobody has yet), so
+        a submit never passes unchecked and never tokenizes the corpus in the web process."""
         longest = max(data["eval_lengths"])
         needed = data["eval_documents"]
         needs_documents = any(e in self.suite for e in ("perplexity", "retention"))
         needs_haystack = any(e in self.suite for e in ("needle", "needle_perplexity"))
-        try:
-            found = count_long_documents(dataset.spec(), base.source, longest) if needs_documents else needed
-            tokens = count_tokens(dataset.spec(), base.source) if needs_haystack else longest
-        except (DatasetError, ValueError) as exc:
-            self.add_error("dataset", f"Could not read {dataset.name}: {exc}")
+        if not (needs_documents or needs_haystack):
             return
+        try:
+            row = length_stats.stats_for_composer(dataset, base)
         except OSError as exc:
             self.add_error("base_model", f"Could not load {base.name}'s tokenizer: {exc}")
+            return
+        if row.status == row.Status.FAILED:
+            what = (f"Could not load {base.name}'s tokenizer" if row.error_field == "base_model"
+                    else f"Could not read {dataset.name}")
+            self.add_error("base_model" if row.error_field == "base_model" else "dataset",
+                           f"{what}: {row.error} (fix it, then measure again on the dataset page).")
+            return
+        if row.status != row.Status.SUCCEEDED:
+            done = f", {row.progress:.0%} done" if row.status == row.Status.RUNNING else ""
+            self.add_error(
+                "dataset",
+                f"The token lengths of {dataset.name} in {base.name}'s tokens are being measured on a worker "
+                f"({row.get_status_display().lower()}{done}); the length checks need them. Submit again in a "
+                f"moment — the dataset page shows the progress.",
+            )
+            return
+        stats = LengthStats.from_json(row.lengths)
+        found = stats.documents_at_least(longest) if needs_documents else needed
+        try:
+            tokens = stats.haystack_tokens(dataset.haystack) if needs_haystack else longest
+        except DatasetError as exc:
+            self.add_error("dataset", f"Could not read {dataset.name}: {exc}")
             return
         if found < needed:
             self.add_error(
@@ -816,9 +837,10 @@ class Composer:
                     "longppl_short_window")
         if "ruler" in suite:
             from gpu_workers.data.ruler import check_settings
+            from gpu_workers.tokenizer_files import load_light_tokenizer
 
             try:
-                tokenizer = tokenizer_for(base.source)
+                tokenizer = load_light_tokenizer(base.source)  # tokenizer.json via `tokenizers`: no torch
             except OSError as exc:
                 self.form.add_error("base_model", f"Could not load {base.name}'s tokenizer: {exc}")
                 raise EvalSpecError(f"RULER prompts need {base.name}'s tokenizer", "ruler_tasks") from None

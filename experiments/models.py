@@ -132,6 +132,54 @@ class Dataset(models.Model):
         return sorted(self.facts.get("docs_by_source") or {})
 
 
+class DatasetLengthStats(models.Model):
+    """A dataset's evaluation documents measured in one tokenizer's tokens, by a worker, once.
+
+    Keyed by the tokenizer's identity (:func:`gpu_workers.tokenizer_files.tokenizer_key`: models with the same
+    tokenizer files share a row) and by ``data_key``, the digest of what picks the documents (kind, path,
+    text and source fields), so a dataset whose files were repointed is measured again. The composer checks
+    its lengths and haystack against ``lengths`` instead of tokenizing the corpus on every submit. Written by
+    ``experiments.length_stats`` only; ``task_id`` is the Celery task id of the current attempt, and every
+    worker write is conditional on it.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Measuring"
+        SUCCEEDED = "succeeded", "Ready"
+        FAILED = "failed", "Failed"
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="length_stats")
+    tokenizer_key = models.CharField(max_length=64)
+    data_key = models.CharField(max_length=64)
+    tokenizer_source = models.CharField(max_length=500, help_text="The model source the worker loads the tokenizer "
+                                                                  "from (any model with this tokenizer).")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    task_id = models.UUIDField(default=uuid.uuid4)
+    progress = models.FloatField(default=0.0)
+    lengths = models.JSONField(default=dict, blank=True,
+                               help_text="Source → every evaluation document's token count, sorted ascending.")
+    documents = models.PositiveIntegerField(default=0)
+    tokens = models.BigIntegerField(default=0)
+    longest = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    error_field = models.CharField(max_length=20, blank=True,
+                                   help_text="The composer field a failure belongs to: dataset or base_model.")
+    worker = models.CharField(max_length=200, blank=True)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(null=True, blank=True, help_text="The worker's last write (progress).")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["dataset", "requested_at"]
+        constraints = [models.UniqueConstraint(fields=["dataset", "tokenizer_key", "data_key"],
+                                               name="one_length_stats_per_dataset_tokenizer")]
+
+    def __str__(self) -> str:
+        return f"{self.dataset} in tokenizer {self.tokenizer_key[:12]} ({self.status})"
+
+
 def params_hash(params: dict[str, Any]) -> str:
     """A stable digest of canonical parameters, so one configuration is one Method row."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -298,6 +346,65 @@ class Artifact(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.path}"
+
+
+class RunAttempt(models.Model):
+    """One claim of a run by a worker: where and when it ran and how it ended.
+
+    A Run row is retried in place (``services.retry_run``), so without this table a retry forgets the attempt
+    before it. ``services.claim_run`` writes a row, ``finish_run`` and the sweeper close it; nothing else does.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField(help_text="The run's ``attempt`` when it was claimed.")
+    task_id = models.UUIDField(db_index=True, help_text="The run's uuid during this attempt (its Celery task id).")
+    worker = models.CharField(max_length=200, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=10, choices=Run.Status.choices, default=Run.Status.RUNNING)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True, help_text="Shown to the team's members and admins, not to viewers.")
+
+    class Meta:
+        ordering = ["run", "number"]
+        constraints = [models.UniqueConstraint(fields=["run", "number"], name="one_attempt_row_per_number")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of run {self.run_id} ({self.outcome})"
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return round((self.finished_at - self.started_at).total_seconds(), 3)
+
+    @property
+    def wait_s(self) -> float | None:
+        """Seconds between being queued and a worker claiming it."""
+        if self.queued_at is None:
+            return None
+        return round((self.started_at - self.queued_at).total_seconds(), 3)
+
+
+class RunLogChunk(models.Model):
+    """A run's whole log, as the lines one reporter write added (one row per write, not per line).
+
+    ``Run.log_tail`` keeps the last lines for the experiment page's poll; this keeps everything, per attempt, in
+    its own table so the run rows the lists read stay small. The worker appends in the same transaction as the
+    tail update, so a write from an attempt that is no longer running adds nothing here either.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="log_chunks")
+    attempt = models.PositiveIntegerField()
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["run", "attempt", "id"], name="run_log_chunk_order")]
+
+    def __str__(self) -> str:
+        return f"log of run {self.run_id}, attempt {self.attempt} ({len(self.text)} chars)"
 
 
 class ApiToken(models.Model):

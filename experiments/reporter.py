@@ -35,6 +35,9 @@ class DbReporter:
 
     Progress messages also go to the log tail, but consecutive ones replace each other (like a
     terminal's carriage return), so "3/8 windows" does not push real log lines out of the tail.
+
+    The whole log (``RunLogChunk``) reads like that terminal too: every logged line, and a progress message
+    once it stops being replaced (a log line follows it, or the run ends), so the tail is always its last lines.
     """
 
     def __init__(self, run_id: str, tail_lines: int | None = None) -> None:
@@ -42,6 +45,8 @@ class DbReporter:
         self.lines: deque[str] = deque(maxlen=tail_lines or settings.CONTEXTLAB_LOG_TAIL_LINES)
         self._last_was_progress = False
         self._pending: list[Measurement] = []
+        self._progress_line = ""
+        """The last progress message while it may still be replaced; the whole log gets it once it cannot."""
         self._stop = threading.Event()
         self._watched = False
         """True while a heartbeat thread keeps ``_stop`` current."""
@@ -54,15 +59,17 @@ class DbReporter:
             self.lines.pop()
         self.lines.append(message)
         self._last_was_progress = True
+        self._progress_line = message
         self.flush()
         services.write_progress(self.run_id, fraction, message, self.tail)
 
     def log(self, line: str) -> None:
+        settled = self._settle_progress()
         for part in str(line).splitlines() or [""]:
             self.lines.append(part[:MAX_LINE])
-        self._last_was_progress = False
+            settled.append(part[:MAX_LINE])
         self.flush()
-        services.write_log(self.run_id, self.tail)
+        services.write_log(self.run_id, self.tail, settled)
 
     def measurement(self, measurement: Measurement) -> None:
         self._pending.append(measurement)
@@ -89,6 +96,19 @@ class DbReporter:
             pending, self._pending = self._pending, []
             services.record_measurements(self.run_id, pending)
 
+    def _settle_progress(self) -> list[str]:
+        """The progress line that just became permanent, if any (as a list to append log lines to)."""
+        settled = [self._progress_line] if self._last_was_progress else []
+        self._last_was_progress = False
+        self._progress_line = ""
+        return settled
+
+    def close_log(self) -> None:
+        """The run's last progress message ("done") is final: add it to the whole log."""
+        settled = self._settle_progress()
+        if settled:
+            services.write_log(self.run_id, self.tail, settled)
+
     @property
     def tail(self) -> str:
         return "\n".join(self.lines)
@@ -109,6 +129,7 @@ class DbReporter:
             self._watched = False
             beat.stop()
             self.flush()
+            self.close_log()
 
 
 class Heartbeat(threading.Thread):

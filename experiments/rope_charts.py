@@ -1,10 +1,11 @@
 """The analytic RoPE charts: per-dimension scaling curves and scaling-law limits, as JSON-ready data.
 
 A reader like ``selectors``, but for numbers that come from theory rather than from the database: every
-value here is computed by ``gpu_workers.rope_theory`` (which builds each method's frequencies with
-transformers' own RoPE code), so what a page draws is the RoPE a run uses. Nothing here queries the
-database; callers pass in rows they already loaded. Results are cached per (family, parameters, model
-facts, length) because a page may draw the same curve again on every visit and the numbers never change.
+value here is computed by ``gpu_workers.rope_theory`` and ``gpu_workers.methods.frequencies`` (which
+builds each method's frequencies with transformers' own RoPE code), so what a page draws is the RoPE a run
+uses. Nothing here queries the database; callers pass in rows they already loaded. Results are cached per
+(family, parameters, model facts, length) because a page may draw the same curve again on every visit and the
+numbers never change.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from experiments.models import BaseModel, Method, Run
 from gpu_workers import methods, rope_theory
-from gpu_workers.methods import FAMILIES, MethodError, RopeFacts
+from gpu_workers.methods import FAMILIES, MethodError, RopeFacts, frequencies
 
 SIGNIFICANT = 6
 """Digits kept in the JSON: float32 frequencies carry no more, and the page stays small."""
@@ -129,7 +130,7 @@ def _scaling(family: str, params_json: str, base: RopeFacts, target_length: int)
     factor·L/L0 − (factor − 1), not the factor the user typed.
     """
     params = json.loads(params_json)
-    return tuple(rope_theory.effective_scaling(family, params, base, target_length, seq_len=target_length))
+    return tuple(frequencies.effective_scaling(family, params, base, target_length, seq_len=target_length))
 
 
 def scaling_curve(name: str, family: str, params: dict[str, Any], base: RopeFacts, target_length: int
@@ -230,7 +231,7 @@ def _shipped_wavelengths(base: RopeFacts) -> tuple[float, ...]:
 
     Cached per facts because transformers builds the frequencies and a model page is visited again and again.
     """
-    return tuple(2 * math.pi / f for f in rope_theory.original_frequencies(base))
+    return tuple(2 * math.pi / f for f in frequencies.original_frequencies(base))
 
 
 def model_chart(base_model: BaseModel) -> dict[str, Any]:

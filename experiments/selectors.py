@@ -8,17 +8,31 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from django.db.models import Avg, Count, Exists, IntegerField, Max, Min, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Avg, Count, Exists, IntegerField, Max, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 
 from experiments import evaluation_charts
 from experiments.access import visible_base_models, visible_experiments
 from experiments.checkpoints import CHECKPOINT
-from experiments.models import Artifact, BaseModel, Experiment, Measurement, Method, Run, Team
+from experiments.length_stats import data_key
+from experiments.models import (
+    Artifact,
+    BaseModel,
+    Dataset,
+    DatasetLengthStats,
+    Experiment,
+    Measurement,
+    Method,
+    Run,
+    Team,
+)
+from gpu_workers.data.documents import DatasetError
+from gpu_workers.data.length_stats import LengthStats
+from gpu_workers.tokenizer_files import tokenizer_key
 
 Point = tuple[int, float, float | None, float | None]
 """(context length, value, ci_low, ci_high)"""
@@ -456,3 +470,68 @@ def experiments_using_model(user: Any, base_model: BaseModel) -> list[Experiment
     a shared model that every team uses does not leak another team's experiments nor cost a query per row.
     """
     return list(experiments_for_user(user).filter(base_model=base_model))
+
+
+# --- the dataset page's token lengths ------------------------------------------------------------------
+
+
+@dataclass
+class LengthStatsRow:
+    """One tokenizer's measurement of a dataset, for the dataset page and its progress poll."""
+
+    tokenizer_key: str
+    models: list[str]
+    status: str
+    status_label: str
+    progress: float = 0.0
+    documents: int | None = None
+    tokens: int | None = None
+    longest: int | None = None
+    haystack_tokens: int | None = None
+    error: str = ""
+
+    @property
+    def pending(self) -> bool:
+        return self.status in (DatasetLengthStats.Status.QUEUED, DatasetLengthStats.Status.RUNNING)
+
+    @property
+    def status_text(self) -> str:
+        """"Measuring 42%", "Ready", "Failed: <why>" …: one wording for the page and its poll."""
+        if self.status == DatasetLengthStats.Status.RUNNING:
+            return f"{self.status_label} {self.progress:.0%}"
+        return f"{self.status_label}: {self.error}" if self.error else self.status_label
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "pending": self.pending, "status_text": self.status_text}
+
+
+def dataset_length_stats(dataset: Dataset, user: Any) -> list[LengthStatsRow]:
+    """The stored token lengths of *dataset* under the tokenizer of every model the visitor may pair it with,
+    models sharing tokenizer files grouped (``"missing"`` where none is stored). Two queries; tokenizer keys
+    come from the files (memoised per process), and ``lengths`` is read only to count the haystack source."""
+    models = visible_base_models(user)
+    if dataset.team_id is not None:
+        models = models.filter(Q(team__isnull=True) | Q(team_id=dataset.team_id))
+    by_key: dict[str, list[str]] = {}
+    for model in models:
+        try:
+            by_key.setdefault(tokenizer_key(model.source), []).append(model.name)
+        except OSError:
+            continue  # no tokenizer files: the composer names the problem when the model is picked
+    stored = {row.tokenizer_key: row for row in DatasetLengthStats.objects.filter(
+        dataset=dataset, data_key=data_key(dataset), tokenizer_key__in=list(by_key))}
+    out = []
+    for key, names in by_key.items():
+        row = stored.get(key)
+        if row is None:
+            out.append(LengthStatsRow(key, names, "missing", "Not measured"))
+            continue
+        entry = LengthStatsRow(key, names, row.status, row.get_status_display(), row.progress, error=row.error)
+        if row.status == DatasetLengthStats.Status.SUCCEEDED:
+            entry.documents, entry.tokens, entry.longest = row.documents, row.tokens, row.longest
+            try:
+                entry.haystack_tokens = LengthStats.from_json(row.lengths).haystack_tokens(dataset.haystack)
+            except DatasetError:
+                entry.haystack_tokens = 0
+        out.append(entry)
+    return out

@@ -8,7 +8,8 @@ Retry policy: a failed or cancelled run is retried **in place** as a new attempt
 row (one row per method in an experiment) gets a fresh ``uuid`` (the new Celery task id),
 ``attempt + 1``, cleared progress/log/error, and its previous measurements and artifacts are deleted
 (an exported checkpoint's folder too, once the retry commits).
-The old attempt's uuid then matches no row, so anything still carrying it is ignored.
+The old attempt's uuid then matches no row, so anything still carrying it is ignored. What each attempt
+was stays: its ``RunAttempt`` row (worker, timings, outcome, traceback) and its whole log (``RunLogChunk``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import traceback
 import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,10 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Subquery
 from django.utils import timezone
 
-from experiments import checkpoints
+from experiments import checkpoints, length_stats
 from experiments.access import require_submit
 from experiments.method_labels import method_label
 from experiments.models import (
@@ -42,6 +44,8 @@ from experiments.models import (
     Measurement,
     Method,
     Run,
+    RunAttempt,
+    RunLogChunk,
     Team,
     params_hash,
 )
@@ -121,11 +125,20 @@ def enqueue_run(run_uuid: str) -> None:
 
 
 def claim_run(run_id: str, worker: str) -> bool:
-    """queued → running, atomically; False when there was nothing to claim (duplicate, cancelled)."""
+    """queued → running, atomically; False when there was nothing to claim (duplicate, cancelled).
+
+    A claim is an attempt: its RunAttempt row is written in the same transaction, so the history never misses
+    a run that ran nor records one that did not.
+    """
     now = timezone.now()
-    claimed = Run.objects.filter(uuid=run_id, status=Status.QUEUED, cancel_requested=False).update(
-        status=Status.RUNNING, worker=worker[:200], started_at=now, heartbeat_at=now, progress=0.0
-    )
+    with transaction.atomic():
+        claimed = Run.objects.filter(uuid=run_id, status=Status.QUEUED, cancel_requested=False).update(
+            status=Status.RUNNING, worker=worker[:200], started_at=now, heartbeat_at=now, progress=0.0
+        )
+        if claimed == 1:
+            row = Run.objects.filter(uuid=run_id).values("pk", "attempt", "queued_at").get()
+            RunAttempt.objects.create(run_id=row["pk"], number=row["attempt"], task_id=run_id, worker=worker[:200],
+                                      queued_at=row["queued_at"], started_at=now)
     return claimed == 1
 
 
@@ -145,7 +158,7 @@ def run_spec_for(run: Run) -> RunSpec:
     return RunSpec(
         run_id=str(run.uuid),
         model_source=experiment.base_model.source,
-        dataset=experiment.dataset.spec(),
+        dataset=replace(experiment.dataset.spec(), corpus_dir=settings.CONTEXTLAB_CORPUS_DIR),
         method=MethodSpec(family=run.method.family, params=dict(run.method.params)),
         target_length=experiment.target_length,
         eval=eval_spec_for(experiment),
@@ -153,6 +166,8 @@ def run_spec_for(run: Run) -> RunSpec:
         device=settings.CONTEXTLAB_DEVICE,
         work_dir=str(run_work_dir(run)),
         train=TrainSpec(**experiment.training),
+        train_processes=settings.CONTEXTLAB_TRAIN_PROCESSES,
+        train_launcher=settings.CONTEXTLAB_TRAIN_LAUNCHER,
     )
 
 
@@ -163,12 +178,18 @@ def record_haystack_source(run_id: str, spec: RunSpec) -> None:
         Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(haystack_source=spec.dataset.haystack[:100])
 
 
-def finish_run(run_id: str, status: str, error: str = "") -> bool:
-    """running → a final status; False if the run was no longer running (e.g. swept)."""
+def finish_run(run_id: str, status: str, error: str = "", trace: str = "") -> bool:
+    """running → a final status, closing the attempt (with the traceback of a failure, if any); False if the run
+    was no longer running (e.g. swept)."""
     fields: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "error": error}
     if status == Status.SUCCEEDED:
         fields["progress"] = 1.0
-    return Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(**fields) == 1
+    with transaction.atomic():
+        finished = Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(**fields) == 1
+        if finished:
+            RunAttempt.objects.filter(task_id=run_id, finished_at__isnull=True).update(
+                outcome=status, finished_at=fields["finished_at"], error=error, traceback=trace)
+    return finished
 
 
 def execute_run(run_id: str, worker: str = "") -> str:
@@ -198,7 +219,7 @@ def execute_run(run_id: str, worker: str = "") -> str:
         where = f" at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
         message = f"{type(exc).__name__}: {exc}"
         reporter.log(f"{message}{where}")
-        finish_run(run_id, Status.FAILED, error=message)
+        finish_run(run_id, Status.FAILED, error=message, trace=traceback.format_exc())
         return Status.FAILED
     try:
         # One transaction, so nobody sees a succeeded search run whose method is not saved yet.
@@ -209,7 +230,7 @@ def execute_run(run_id: str, worker: str = "") -> str:
         logger.exception("run %s: saving its searched method failed", run_id)
         message = f"saving the searched method failed: {type(exc).__name__}: {exc}"
         reporter.log(message)
-        finish_run(run_id, Status.FAILED, error=message)
+        finish_run(run_id, Status.FAILED, error=message, trace=traceback.format_exc())
         return Status.FAILED
     return Status.SUCCEEDED
 
@@ -240,8 +261,21 @@ def write_progress(run_id: str, fraction: float, message: str, log_tail: str) ->
     )
 
 
-def write_log(run_id: str, log_tail: str) -> None:
-    Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(log_tail=log_tail)
+def write_log(run_id: str, log_tail: str, lines: Iterable[str] = ()) -> None:
+    """Replace the tail and append *lines* to the attempt's whole log (``RunLogChunk``): two statements.
+
+    The chunk's run and attempt are subqueries in the INSERT, and the UPDATE before it holds the run's row lock
+    until commit, so a write from an attempt that stopped running changes neither the tail nor the log.
+    """
+    text = "\n".join(lines)
+    if not text:
+        Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(log_tail=log_tail)
+        return
+    with transaction.atomic():
+        if Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(log_tail=log_tail):
+            this_run = Run.objects.filter(uuid=run_id)
+            RunLogChunk.objects.create(run_id=Subquery(this_run.values("pk")[:1]),
+                                       attempt=Subquery(this_run.values("attempt")[:1]), text=text)
 
 
 def beat(run_id: str) -> None:
@@ -343,9 +377,15 @@ def sweep_stale_runs(now: datetime | None = None) -> int:
     swept = 0
     for pk, heartbeat_at in stale:
         since = heartbeat_at.isoformat(timespec="seconds") if heartbeat_at else "start"
-        swept += Run.objects.filter(pk=pk, status=Status.RUNNING, heartbeat_at=heartbeat_at).update(
-            status=Status.FAILED, finished_at=now, error=f"worker lost (no heartbeat since {since})"
-        )
+        error = f"worker lost (no heartbeat since {since})"
+        with transaction.atomic():
+            lost = Run.objects.filter(pk=pk, status=Status.RUNNING, heartbeat_at=heartbeat_at).update(
+                status=Status.FAILED, finished_at=now, error=error
+            )
+            if lost:
+                RunAttempt.objects.filter(run_id=pk, finished_at__isnull=True).update(
+                    outcome=Status.FAILED, finished_at=now, error=error)
+        swept += lost
     if swept:
         logger.warning("swept %d run(s) whose worker stopped sending heartbeats", swept)
     return swept
@@ -413,6 +453,7 @@ def register_base_model(user: Any, team: Team | None, name: str, source: str, fa
     model = BaseModel(team=team, name=name, source=source)
     model.apply_facts(facts)
     model.save()
+    length_stats.request_for_model(model)
     return model
 
 
@@ -421,13 +462,18 @@ def update_base_model(model: BaseModel, source: str, facts: dict[str, Any]) -> B
     model.source = source
     model.apply_facts(facts)
     model.save()
+    length_stats.request_for_model(model)  # its tokenizer files may be new
     return model
 
 
 def register_dataset(user: Any, team: Team | None, fields: dict[str, Any], facts: dict[str, Any]) -> Dataset:
+    """Save a dataset read by ``DatasetForm`` and ask a worker to measure its token lengths (the composer's
+    checks read them; see ``experiments.length_stats``)."""
     if team is not None:
         require_submit(user, team)
-    return Dataset.objects.create(team=team, facts=facts, **fields)
+    dataset = Dataset.objects.create(team=team, facts=facts, **fields)
+    length_stats.request_for_dataset(dataset)
+    return dataset
 
 
 def set_dataset_haystack_source(user: Any, dataset: Dataset, haystack_source: str) -> Dataset:

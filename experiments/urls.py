@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from experiments import views
+from experiments import composer_views, length_stats_views, run_views, team_views, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -22,6 +22,10 @@ urlpatterns = [
     path("datasets/new/", views.dataset_new, name="dataset_new"),
     path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset_detail"),
     path("datasets/<int:dataset_id>/haystack/", views.dataset_haystack, name="dataset_haystack"),
+    path("datasets/<int:dataset_id>/length-stats/", length_stats_views.dataset_length_stats,
+         name="dataset_length_stats"),
+    path("datasets/<int:dataset_id>/length-stats/measure/", length_stats_views.dataset_length_stats_measure,
+         name="dataset_length_stats_measure"),
     path("methods/", views.method_list, name="method_list"),
     path("methods/<int:method_id>/", views.method_detail, name="method_detail"),
     path("methods/<int:method_id>/<str:which>_factor.csv", views.method_factors, name="method_factors"),
@@ -29,4 +33,17 @@ urlpatterns = [
     path("leaderboard.csv", views.leaderboard_csv, name="leaderboard_csv"),
     path("account/tokens/", views.token_list, name="token_list"),
     path("account/tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
+    # issue 15: the run page, composer estimates, teams
+    path("runs/<uuid:run_id>/", run_views.run_detail, name="run_detail"),
+    path("runs/<uuid:run_id>/log.txt", run_views.run_log_text, name="run_log_text"),
+    path("runs/<uuid:run_id>/log.json", run_views.run_log_json, name="run_log_json"),
+    path("experiments/new/estimate/", composer_views.estimate, name="experiment_estimate"),
+    path("teams/", team_views.team_list, name="team_list"),
+    path("teams/new/", team_views.team_create, name="team_create"),
+    path("teams/<int:team_id>/", team_views.team_detail, name="team_detail"),
+    path("teams/<int:team_id>/members/add/", team_views.team_add_member, name="team_add_member"),
+    path("teams/<int:team_id>/members/<int:membership_id>/role/", team_views.team_set_role, name="team_set_role"),
+    path("teams/<int:team_id>/members/<int:membership_id>/remove/", team_views.team_remove_member,
+         name="team_remove_member"),
+    path("teams/<int:team_id>/leave/", team_views.team_leave, name="team_leave"),
 ]

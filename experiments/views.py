@@ -17,7 +17,16 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, Stream
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from experiments import checkpoints, csv_export, experiment_filters, leaderboard, rope_charts, selectors, services
+from experiments import (
+    checkpoints,
+    composer_defaults,
+    csv_export,
+    experiment_filters,
+    leaderboard,
+    rope_charts,
+    selectors,
+    services,
+)
 from experiments.access import (
     can_submit,
     experiment_for,
@@ -44,7 +53,7 @@ from gpu_workers.data.mixture_preview import preview
 from gpu_workers.methods import FAMILIES
 from gpu_workers.methods.longrope_files import format_factors
 from gpu_workers.protocol import default_short_window
-from gpu_workers.search_step import SEARCH_MODES
+from gpu_workers.spec import SEARCH_MODES
 
 
 def _require_some_submit_team(request: HttpRequest) -> None:
@@ -78,10 +87,12 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
         experiment = services.submit_experiment(request.user, composer.cleaned())
         messages.success(request, f"Queued {experiment.runs.count()} runs.")
         return redirect("experiment_detail", experiment_id=experiment.uuid)
+    composer_defaults.apply(composer, request.user)  # an unbound composer opens ready to run
     return render(request, "experiments/composer.html", {
         "composer": composer,
         "families": list(FAMILIES.values()),
         "training_presets": TRAINING_PRESETS,
+        **composer_defaults.page_context(request.user, composer),
     })
 
 

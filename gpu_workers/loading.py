@@ -32,6 +32,7 @@ def load(source: str, method: MethodSpec, target_length: int, placement: Placeme
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from gpu_workers import position_patches
+    from gpu_workers.rotary import remember_attention_scaling
 
     facts = inspect_model(source)
     params = methods.validate(method.family, method.params, facts.rope, target_length)
@@ -50,7 +51,7 @@ def load(source: str, method: MethodSpec, target_length: int, placement: Placeme
         source, config=config, dtype=placement.dtype, attn_implementation="sdpa", local_files_only=True
     )
     model.to(placement.device).eval()
-    position_patches.remember_attention_scaling(model)
+    remember_attention_scaling(model)
     if setup.attention is not None:
         position_patches.install(model, setup.attention)
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)

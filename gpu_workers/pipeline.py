@@ -23,8 +23,8 @@ from gpu_workers.device import Placement
 from gpu_workers.evaluate import memory, needle, passkey, perplexity
 from gpu_workers.evaluate.retention import Retention, original_rope
 from gpu_workers.loading import LoadedModel, load
+from gpu_workers.methods.frequencies import original_rotary
 from gpu_workers.reporter import Cancelled, Measurement, Reporter
-from gpu_workers.rope_theory import original_rotary
 from gpu_workers.spec import EVALUATIONS, MIN_PROMPT_LENGTH, EvalSpecError, MethodSpec, RunSpec
 
 LOAD_SHARE = 0.1
@@ -316,14 +316,14 @@ def _search(ctx: Context, progress: Progress) -> None:
     ctx.reporter.log(f"evaluating the searched factors as LongRoPE: {ctx.loaded.model.config.rope_parameters}")
 
 
-def _train_in_processes(ctx: Context, processes: int, on_step: Callable[[int, float, float], None]) -> None:
+def _train_in_processes(ctx: Context, on_step: Callable[[int, float, float], None]) -> None:
     """N processes via accelerate (or torchrun); the trained weights come back through the work directory."""
     from transformers import AutoModelForCausalLM
 
-    from gpu_workers.train_launch import launch
+    from gpu_workers.train.launch import launch
 
-    ctx.reporter.log(f"training in {processes} processes")
-    result = launch(ctx.spec, processes, on_step=on_step, should_stop=ctx.reporter.should_stop)
+    ctx.reporter.log(f"training in {ctx.spec.train_processes} processes")
+    result = launch(ctx.spec, on_step=on_step, should_stop=ctx.reporter.should_stop)
     trained = Path(ctx.spec.work_dir) / "trained"
     model = AutoModelForCausalLM.from_pretrained(trained, dtype=ctx.placement.dtype, attn_implementation="sdpa",
                                                  local_files_only=True)
@@ -336,7 +336,6 @@ def _train(ctx: Context, progress: Progress) -> None:
     from gpu_workers.data.training import build_training_data
     from gpu_workers.mixed_windows import check as check_mixed_windows
     from gpu_workers.train import train
-    from gpu_workers.train_launch import configured_processes
 
     spec, facts = ctx.spec, ctx.loaded.facts
     steps = spec.train.steps
@@ -347,9 +346,8 @@ def _train(ctx: Context, progress: Progress) -> None:
         ctx.reporter.measurement(Measurement("train_loss", loss, step=step))
         progress(step / steps, f"step {step}/{steps}, loss {loss:.3f}")
 
-    processes = configured_processes()
-    if processes > 1:
-        _train_in_processes(ctx, processes, on_step)
+    if spec.train_processes > 1:
+        _train_in_processes(ctx, on_step)
         return
     data = build_training_data(spec, ctx.loaded.tokenizer, facts.original_context)
     pose = f", PoSE positions over {data.pose_target_length}" if spec.train.pose else ""

@@ -1,4 +1,4 @@
-"""Every change Context Lab makes to transformers' position handling at run time, in one place.
+"""What Context Lab adds to transformers' position handling for the whole process, in one place.
 
 Two things transformers does not have and the method table needs:
 
@@ -16,7 +16,8 @@ Two things transformers does not have and the method table needs:
   remapping (log-n alone) the scaled queries go to transformers' own SDPA function.
 
 A model gets the function through :func:`install`; its attention modules carry the plan as
-:data:`PLAN_ATTRIBUTE`, so one process can hold models with different plans.
+:data:`PLAN_ATTRIBUTE`, so one process can hold models with different plans. Changes to one model's rotary
+embedding (a dynamic reset, a fixed or a searched RoPE) are :mod:`gpu_workers.rotary`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, RotaryEmbeddingConfigMixin
 
 from gpu_workers.methods.dynamic_yarn import ROPE_TYPE as DYNAMIC_YARN
+from gpu_workers.rotary import rotary_module
 
 ATTENTION = "contextlab_positions"
 PLAN_ATTRIBUTE = "_contextlab_position_plan"
@@ -189,14 +191,6 @@ AttentionInterface.register(ATTENTION, attention_forward)
 AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
-def rotary_module(model: torch.nn.Module) -> torch.nn.Module:
-    """The model's one rotary embedding (model_facts refuses architectures with one per layer type)."""
-    found = [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "attention_scaling")]
-    if len(found) != 1:
-        raise ValueError(f"expected one rotary embedding module, found {len(found)}")
-    return found[0]
-
-
 def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__.endswith("Attention") and hasattr(m, "layer_idx")]
 
@@ -228,24 +222,3 @@ def suspended(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for layer, plan in saved:
             setattr(layer, PLAN_ATTRIBUTE, plan)
-
-
-def remember_attention_scaling(model: torch.nn.Module) -> None:
-    """Store each rotary module's starting attention scaling, for :func:`reset_rotary_cache`.
-
-    transformers' dynamic reset restores the frequencies but not the attention scaling, which for dynamic
-    YaRN grows with the input; a later short pass would keep a long pass's temperature.
-    """
-    for module in model.modules():
-        if hasattr(module, "inv_freq") and hasattr(module, "attention_scaling"):
-            module.original_attention_scaling = module.attention_scaling
-
-
-def reset_rotary_cache(model: torch.nn.Module) -> None:
-    """Put every dynamic rotary embedding back to its starting frequencies (and attention scaling)."""
-    for module in model.modules():
-        if hasattr(module, "original_inv_freq") and hasattr(module, "max_seq_len_cached"):
-            module.inv_freq.copy_(module.original_inv_freq.to(module.inv_freq.device))
-            module.max_seq_len_cached = module.original_max_seq_len
-            if hasattr(module, "original_attention_scaling"):
-                module.attention_scaling = module.original_attention_scaling

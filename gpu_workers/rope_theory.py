@@ -7,19 +7,18 @@ critical dimension, which the papers count in dimensions (``2 × pairs``).
 
 Sources: Liu et al. 2023, "Scaling Laws of RoPE-based Extrapolation" (critical dimension, extrapolation
 bound); Peng et al. 2023, YaRN (ramp dims, as transformers' ``find_correction_range`` computes them);
-Shang et al. 2025, LongRoPE2 (critical dimension split of the factor search). Everything that needs a
-model's actual frequencies goes through the method family and transformers' own ``ROPE_INIT_FUNCTIONS``,
-so the theory plotted is the RoPE a run uses.
+Shang et al. 2025, LongRoPE2 (critical dimension split of the factor search); Ding et al. 2024, LongRoPE
+(its YaRN-shaped starting factors and attention scale).
+
+Pure math: nothing here imports torch, transformers or a method family, so the methods and the factor search
+can both build on it. A model's *actual* frequencies, which go through the method family and transformers'
+own ``ROPE_INIT_FUNCTIONS`` so that the theory plotted is the RoPE a run uses, are
+:mod:`gpu_workers.methods.frequencies`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from gpu_workers.methods.base import RopeFacts, RopeSetup
 
 
 def _check_dim(rotary_dim: int) -> None:
@@ -106,6 +105,20 @@ def yarn_ramp(rotary_dim: int, low: float, high: float) -> list[float]:
     return [min(1.0, max(0.0, (i - low) / (high - low))) for i in range(rotary_dim // 2)]
 
 
+def yarn_ramp_factors(rotary_dim: int, base: float, original_length: int, factor: float) -> list[float]:
+    """1 + (s − 1)·ramp_i per pair: each pair's share of YaRN's interpolation (β 32 / 1 ramp), as a factor.
+
+    LongRoPE's search starts from this shape, and a ``longrope`` method with blank long factors uses it.
+    """
+    low, high = yarn_ramp_dims(rotary_dim, base, original_length)
+    return [1.0 + (factor - 1.0) * r for r in yarn_ramp(rotary_dim, low, high)]
+
+
+def longrope_attention_factor(factor: float, original_length: int) -> float:
+    """√(1 + ln s / ln L₀): LongRoPE's (and transformers' ``longrope``) default attention scale."""
+    return math.sqrt(1 + math.log(factor) / math.log(original_length))
+
+
 def longrope2_critical_dim(rotary_dim: int, base: float, original_length: int) -> int:
     """d_extra/2 − 1: the theoretical split of LongRoPE2's factor search with one pair of margin below it.
 
@@ -138,72 +151,3 @@ def longrope2_critical_window(rotary_dim: int, base: float, original_length: int
     """
     centre = longrope2_theoretical_pair(rotary_dim, base, original_length)
     return max(0, centre - radius), min(rotary_dim // 2 - 1, centre + radius)
-
-
-def rope_frequencies(
-    family: str, params: dict[str, Any], base: RopeFacts, target_length: int, seq_len: int | None = None
-) -> tuple[list[float], float]:
-    """(inv_freq per pair, attention scaling) that transformers computes for a method, at ``seq_len``.
-
-    For length-dependent families (dynamic NTK, LongRoPE) ``seq_len`` picks the input length; ``None``
-    means the length a freshly built model starts from (the original context).
-    """
-    from gpu_workers import methods
-
-    return setup_frequencies(methods.rope_setup(family, params, base, target_length), base, seq_len)
-
-
-def setup_frequencies(setup: RopeSetup, base: RopeFacts, seq_len: int | None = None) -> tuple[list[float], float]:
-    """transformers' own ``ROPE_INIT_FUNCTIONS`` applied to a :class:`RopeSetup` (``default`` = ``linear`` ×1)."""
-    from transformers import LlamaConfig
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    import gpu_workers.position_patches  # noqa: F401 - registers the rope types transformers lacks (dynamic YaRN)
-
-    rope = copy.deepcopy(setup.rope_parameters)
-    if rope["rope_type"] == "default":
-        # transformers has no init function for plain RoPE; linear with factor 1 is the same formula.
-        rope.update(rope_type="linear", factor=1.0)
-    config = LlamaConfig(
-        hidden_size=base.head_dim, num_attention_heads=1, num_key_value_heads=1, head_dim=base.head_dim,
-        intermediate_size=4, num_hidden_layers=1, vocab_size=8,
-        max_position_embeddings=int(setup.max_position_embeddings), rope_parameters=rope,
-    )
-    inv_freq, attention = ROPE_INIT_FUNCTIONS[rope["rope_type"]](config, None, seq_len=seq_len)
-    return [float(x) for x in inv_freq.double()], float(attention)
-
-
-def original_frequencies(base: RopeFacts) -> list[float]:
-    """The checkpoint's own inv_freq as shipped (its scaling included), computed by transformers.
-
-    For a length-dependent shipped scaling (Phi-3's LongRoPE) this is what a freshly loaded model starts
-    from: the short factors.
-    """
-    return original_rotary(base)[0]
-
-
-def original_rotary(base: RopeFacts) -> tuple[list[float], float]:
-    """(inv_freq, attention scaling) of the checkpoint as shipped, at its original context."""
-    from gpu_workers.methods.none import FAMILY
-
-    return setup_frequencies(FAMILY.build(base, base.original_context, {}), base)
-
-
-def plain_frequencies(base: RopeFacts) -> list[float]:
-    """Plain RoPE at the checkpoint's θ over its rotary dims: the reference every scaling is drawn against."""
-    from gpu_workers.methods.base import RopeSetup, with_theta
-
-    return setup_frequencies(RopeSetup(with_theta(base, rope_type="default"), base.original_context), base)[0]
-
-
-def effective_scaling(
-    family: str, params: dict[str, Any], base: RopeFacts, target_length: int, seq_len: int | None = None
-) -> list[float]:
-    """Per pair: plain-RoPE inv_freq / new inv_freq — how much each RoPE dimension is interpolated.
-
-    1 = plain RoPE at θ, s = squeezed like PI ×s, < 1 = turned faster. The reference is plain RoPE, not the
-    checkpoint's own scaling, so *none* on a Llama-3.1 checkpoint draws its shipped ``llama3`` curve.
-    Length-dependent families are evaluated at ``seq_len`` (default ``target_length``).
-    """
-    new, _ = rope_frequencies(family, params, base, target_length, target_length if seq_len is None else seq_len)
-    return [old / fresh for old, fresh in zip(plain_frequencies(base), new, strict=True)]

@@ -1,8 +1,9 @@
 """The factor-search step of a run: search, persist progress for resume, then hand over LongRoPE params.
 
-The model is loaded once; every candidate is applied in place (:func:`gpu_workers.search.rope_override`).
-In LongRoPE mode several candidates share one forward batch (:func:`gpu_workers.search.batched_perplexity_fitness`,
-as many as :data:`BATCH_TOKENS` allows); LongRoPE2's needle fitness evaluates one candidate at a time.
+The model is loaded once; every candidate is applied in place (:func:`gpu_workers.rotary.rope_override`).
+In LongRoPE mode several candidates share one forward batch
+(:func:`gpu_workers.search.fitness.batched_perplexity_fitness`, as many as :data:`BATCH_TOKENS` allows);
+LongRoPE2's needle fitness evaluates one candidate at a time.
 Fitness documents come from the training side of the dataset, so the factors are not tuned on the
 documents they are then evaluated on. After every generation the state is written to the run's work
 directory (atomically) and the best / median fitness stream out as measurements; a retried run
@@ -28,19 +29,18 @@ from gpu_workers.methods import longrope_files
 from gpu_workers.methods.base import RopeFacts
 from gpu_workers.methods.longrope_search import search_config
 from gpu_workers.reporter import Measurement, Reporter
+from gpu_workers.rotary import rope_override
 from gpu_workers.search import (
     Candidate,
     SearchConfigError,
     SearchStateError,
-    batched_perplexity_fitness,
     critical_window,
-    rope_override,
     search,
     to_method_params,
 )
-from gpu_workers.spec import RunSpec
+from gpu_workers.search.fitness import batched_perplexity_fitness
+from gpu_workers.spec import SEARCH_MODES, RunSpec
 
-SEARCH_MODES = {"longrope_search": "longrope", "longrope2_search": "longrope2"}
 NEEDLE_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 NEEDLES_PER_DEPTH = 2
 STATE_FILE = "search_state.json"
@@ -83,6 +83,33 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _fitness_args(mode: str, loaded: LoadedModel, docs: list[list[int]], length: int,
+                  advance: Callable[[int], None]) -> dict[str, Any]:
+    """The fitness arguments of :func:`~gpu_workers.search.search` for ``mode``, each evaluation counted by
+    ``advance``: batched perplexity for LongRoPE, needle perplexity one candidate at a time for LongRoPE2."""
+    base = loaded.facts.rope
+    if mode == "longrope":
+        # Several candidates per forward batch, each batch row with its own frequencies and attention scale.
+        device = next(loaded.model.parameters()).device
+        many = batched_perplexity_fitness(loaded.model, base, docs, length, device)
+
+        def counted_many(candidates: list[Candidate]) -> list[float]:
+            values = many(candidates)
+            advance(len(candidates))
+            return values
+
+        return {"fitness": None, "fitness_many": counted_many,
+                "batch_candidates": batch_candidates(device, len(docs), length)}
+    single = needle_fitness(loaded, base, docs, length)
+
+    def counted(candidate: Candidate) -> float:
+        value = single(candidate)
+        advance(1)
+        return value
+
+    return {"fitness": counted}
+
+
 def run_search(spec: RunSpec, loaded: LoadedModel, reporter: Reporter, progress: Callable[[float, str], None]
                ) -> dict[str, Any]:
     """Search, report, save the factors; returns the ``longrope`` parameters of the best candidate."""
@@ -92,7 +119,6 @@ def run_search(spec: RunSpec, loaded: LoadedModel, reporter: Reporter, progress:
     config = search_config(base, spec.target_length, params, mode)
     length = config.target_length
     docs = search_documents(spec, loaded.tokenizer, length, int(params["search_documents"]))
-    device = next(loaded.model.parameters()).device
     planned = config.population * (config.generations + 1)
     done = [0]
 
@@ -100,27 +126,7 @@ def run_search(spec: RunSpec, loaded: LoadedModel, reporter: Reporter, progress:
         done[0] += count
         progress(min(done[0] / planned, 1.0), f"{done[0]}/{planned} candidates evaluated (at most)")
 
-    if mode == "longrope":
-        # Several candidates per forward batch, each batch row with its own frequencies and attention scale.
-        many = batched_perplexity_fitness(loaded.model, base, docs, length, device)
-        batch = batch_candidates(device, len(docs), length)
-
-        def counted_many(candidates: list[Candidate]) -> list[float]:
-            values = many(candidates)
-            advance(len(candidates))
-            return values
-
-        fitness_args: dict[str, Any] = {"fitness": None, "fitness_many": counted_many, "batch_candidates": batch}
-    else:
-        single = needle_fitness(loaded, base, docs, length)
-
-        def counted(candidate: Candidate) -> float:
-            value = single(candidate)
-            advance(1)
-            return value
-
-        fitness_args = {"fitness": counted}
-
+    fitness_args = _fitness_args(mode, loaded, docs, length, advance)
     work = Path(spec.work_dir) if spec.work_dir else None
     state_path = work / STATE_FILE if work else None
     resume = None

@@ -26,6 +26,9 @@ NEEDLE_FORMATS = ("passkey", "magic_number")
 PROMPT_EVALUATIONS = ("passkey", "needle", "needle_perplexity")
 MIN_PROMPT_LENGTH = 128
 """Passkey and needle prompts need room for instructions, needles and a question besides the haystack."""
+SEARCH_MODES = {"longrope_search": "longrope", "longrope2_search": "longrope2"}
+"""Method families whose run searches its factors first (``gpu_workers.search_step``), and the search's mode.
+Here, torch-free, because the web asks which runs have a search step without importing the search."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class DatasetSpec:
     haystack_source: str = ""
     """Which source's documents fill needle haystacks: a source value in the data, ``"all"``, or blank for
     the default (:attr:`haystack`). Specs written before this field existed read as blank."""
+    corpus_dir: str = ""
+    """Built-in corpus only: the directory it is built in and read from on the worker (the web side's
+    ``CONTEXTLAB_CORPUS_DIR`` setting); blank = ``var/demo_corpus`` of the checkout. Older specs read as blank."""
 
     def __post_init__(self) -> None:
         if self.kind not in DATASET_KINDS:
@@ -289,6 +295,9 @@ class TrainSpec:
         return target_length
 
 
+TRAIN_LAUNCHERS = ("accelerate", "torchrun")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     run_id: str
@@ -303,6 +312,18 @@ class RunSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     work_dir: str = ""
     """A directory that outlives one attempt (checkpoints, search state): a retried run resumes from it."""
+    train_processes: int = 1
+    """Processes the training step runs in (the worker's ``CONTEXTLAB_TRAIN_PROCESSES``): above 1, the worker
+    launches them (:mod:`gpu_workers.train.launch`), one per GPU."""
+    train_launcher: str = "accelerate"
+    """What starts them: ``accelerate`` (GPUs) or ``torchrun`` (also several CPU processes, over gloo)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_processes, bool) or not isinstance(self.train_processes, int) \
+                or self.train_processes < 1:
+            raise ValueError(f"train_processes must be a whole number of at least 1, not {self.train_processes!r}")
+        if self.train_launcher not in TRAIN_LAUNCHERS:
+            raise ValueError(f"train_launcher must be {' or '.join(TRAIN_LAUNCHERS)}, not {self.train_launcher!r}")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -324,4 +345,6 @@ class RunSpec:
             device=data.get("device", "auto"),
             train=TrainSpec(**data.get("train", {})),
             work_dir=data.get("work_dir", ""),
+            train_processes=int(data.get("train_processes", 1)),
+            train_launcher=data.get("train_launcher", "accelerate"),
         )

@@ -17,6 +17,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 
 RUN_TASK = "experiments.execute_run"
 SWEEP_TASK = "experiments.sweep_stale_runs"
+LENGTH_STATS_TASK = "experiments.measure_dataset_lengths"
 
 app.conf.update(
     # JSON only: a message is plain data (a run id), never a pickled object a worker would execute.
@@ -31,7 +32,9 @@ app.conf.update(
     # A worker holding a long GPU run must not sit on other runs another worker could take.
     worker_prefetch_multiplier=1,
     # GPU work and housekeeping scale separately: GPU hosts consume "gpu", a small box "control".
-    task_routes={RUN_TASK: {"queue": "gpu"}, SWEEP_TASK: {"queue": "control"}},
+    # Measuring a dataset's token lengths is seconds of CPU when it is registered: the control worker takes it, so
+    # it never waits behind an hours-long run on a GPU worker.
+    task_routes={RUN_TASK: {"queue": "gpu"}, SWEEP_TASK: {"queue": "control"}, LENGTH_STATS_TASK: {"queue": "control"}},
     # Anything unrouted is cheap bookkeeping, never GPU work.
     task_default_queue="control",
     # Keep retrying the broker at boot (Celery 6 otherwise stops), e.g. when Redis starts later.

@@ -44,6 +44,16 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number.") from None
 
 
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from None
+
+
 def env_list(name: str, default: list[str] | None = None) -> list[str]:
     """A comma-separated list; blanks dropped."""
     raw = os.environ.get(name)
@@ -193,6 +203,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(BROKER_DIR / "queue"),
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
+        # kombu's virtual transports poll an empty queue once a second by default: a submitted run then waits
+        # up to 1 s for an idle worker. Listing a folder ten times a second costs nothing measurable.
+        "polling_interval": env_float("CONTEXTLAB_BROKER_POLL_INTERVAL", 0.1),
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
@@ -202,10 +215,10 @@ else:
 CONTEXTLAB_DATA_DIR = DATA_DIR
 CONTEXTLAB_HEARTBEAT_TIMEOUT = env_int("CONTEXTLAB_HEARTBEAT_TIMEOUT", 120)
 """Seconds without a heartbeat after which the sweeper declares a running run's worker lost."""
-CONTEXTLAB_HEARTBEAT_INTERVAL = float(env_str("CONTEXTLAB_HEARTBEAT_INTERVAL", "5"))
-CONTEXTLAB_CANCEL_POLL_INTERVAL = float(env_str("CONTEXTLAB_CANCEL_POLL_INTERVAL", "0.5"))
-"""How often a running run's heartbeat thread reads its cancel flag (the pipeline then asks no query)."""
+CONTEXTLAB_HEARTBEAT_INTERVAL = env_float("CONTEXTLAB_HEARTBEAT_INTERVAL", 5)
 """Seconds between heartbeats written by a worker while its run executes."""
+CONTEXTLAB_CANCEL_POLL_INTERVAL = env_float("CONTEXTLAB_CANCEL_POLL_INTERVAL", 0.5)
+"""How often a running run's heartbeat thread reads its cancel flag (the pipeline then asks no query)."""
 CONTEXTLAB_LOG_TAIL_LINES = 50
 CONTEXTLAB_MODEL_ROOTS = [
     Path(p).expanduser().resolve()
@@ -217,6 +230,12 @@ CONTEXTLAB_GGUF_TIMEOUT = env_int("CONTEXTLAB_GGUF_TIMEOUT", 1800)
 """Seconds a GGUF conversion (de-quantising in a subprocess) may take before registration gives up."""
 CONTEXTLAB_DEVICE = env_str("CONTEXTLAB_DEVICE", "auto")
 """The RunSpec device: ``auto`` (CUDA when the worker has it), ``cpu`` or ``cuda``."""
+CONTEXTLAB_TRAIN_PROCESSES = max(1, env_int("CONTEXTLAB_TRAIN_PROCESSES", 1))
+"""RunSpec ``train_processes``: processes a run's training step runs in on this worker (one per GPU)."""
+CONTEXTLAB_TRAIN_LAUNCHER = env_str("CONTEXTLAB_TRAIN_LAUNCHER", "accelerate")
+"""RunSpec ``train_launcher``: ``accelerate``, or ``torchrun`` for several CPU (gloo) processes."""
+CONTEXTLAB_CORPUS_DIR = env_str("CONTEXTLAB_CORPUS_DIR", "")
+"""The built-in corpus's directory on the worker (the RunSpec's dataset ``corpus_dir``); blank = var/demo_corpus."""
 CONTEXTLAB_PAGE_SIZE = max(1, env_int("CONTEXTLAB_PAGE_SIZE", 50))
 """Experiments per page on the dashboard and in ``GET /api/v1/experiments/``."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,11 +95,15 @@ def is_heldout(sha1: str) -> bool:
 
 
 def build(out_dir: Path) -> CorpusStats:
-    """Write ``train.jsonl`` and ``heldout.jsonl`` under *out_dir* (idempotent: rewrites both)."""
+    """Write ``train.jsonl`` and ``heldout.jsonl`` under *out_dir* (idempotent: rewrites both).
+
+    The temporary files carry the process id, so two processes building at once (a worker and a test run on a
+    fresh checkout) each rename their own complete file into place instead of one renaming the other's away.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     chars: dict[str, int] = {}
     counts = {"train": 0, "heldout": 0}
-    tmp = {split: out_dir / f"{split}.jsonl.tmp" for split in counts}
+    tmp = {split: out_dir / f"{split}.jsonl.{os.getpid()}.tmp" for split in counts}
     handles = {split: path.open("w", encoding="utf-8") for split, path in tmp.items()}
     try:
         for doc in iter_documents():

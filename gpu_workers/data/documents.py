@@ -1,4 +1,4 @@
-"""Evaluation documents from any dataset source, and the length checks the composer needs.
+"""Evaluation documents from any dataset source (their token lengths: :mod:`gpu_workers.data.length_stats`).
 
 Sources: the built-in demo corpus (its held-out split), a local ``.jsonl`` / ``.parquet`` / ``.txt``
 file or a directory of text files, or a Hugging Face dataset saved on disk (``datasets.save_to_disk``).
@@ -8,10 +8,8 @@ Nothing here downloads.
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
-from dataclasses import dataclass, replace
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +30,15 @@ class DatasetFacts:
     docs_by_source: dict[str, int]
 
 
-def builtin_corpus_dir() -> Path:
-    default = Path(__file__).resolve().parents[2] / "var" / "demo_corpus"
-    return Path(os.environ.get("CONTEXTLAB_CORPUS_DIR", default))
+DEFAULT_CORPUS_DIR = Path(__file__).resolve().parents[2] / "var" / "demo_corpus"
+
+
+def builtin_corpus_dir(configured: str = "") -> Path:
+    """Where the built-in corpus lives: the configured directory (:attr:`DatasetSpec.corpus_dir`), else the default.
+
+    Read from the spec, not the environment: the worker's settings decide it and put it into the RunSpec.
+    """
+    return Path(configured) if configured else DEFAULT_CORPUS_DIR
 
 
 def _from_jsonl(path: Path, spec: DatasetSpec) -> list[dict[str, str]]:
@@ -100,7 +104,7 @@ def _from_hf_disk(path: Path, spec: DatasetSpec, splits: tuple[str, ...] = EVALU
 def load_documents(spec: DatasetSpec) -> list[dict[str, str]]:
     """The documents evaluations read: the held-out split for the built-in corpus, all of a local one."""
     if spec.kind == "builtin":
-        directory = builtin_corpus.ensure_built(builtin_corpus_dir())
+        directory = builtin_corpus.ensure_built(builtin_corpus_dir(spec.corpus_dir))
         rows = builtin_corpus.read_jsonl(directory / "heldout.jsonl")
         return [{"text": d["text"], "source": d["source"]} for d in rows]
     path = Path(spec.path).expanduser()
@@ -137,10 +141,16 @@ def haystack_documents(spec: DatasetSpec) -> list[dict[str, str]]:
         return docs
     picked = [d for d in docs if d["source"] == source]
     if not picked:
-        present = ", ".join(sorted({d["source"] for d in docs})) or "none"
-        raise DatasetError(f"The dataset has no documents from source {source!r} for needle haystacks "
-                           f"(its sources: {present}; or use {ALL_SOURCES!r}).")
+        raise missing_haystack_source(source, {d["source"] for d in docs})
     return picked
+
+
+def missing_haystack_source(source: str, present: set[str] | list[str]) -> DatasetError:
+    """The error for a haystack source the data does not have, naming the ones it has (one wording for the
+    worker reading documents and the composer reading stored length statistics)."""
+    listed = ", ".join(sorted(present)) or "none"
+    return DatasetError(f"The dataset has no documents from source {source!r} for needle haystacks "
+                        f"(its sources: {listed}; or use {ALL_SOURCES!r}).")
 
 
 def load_training_documents(
@@ -150,7 +160,7 @@ def load_training_documents(
     document whose text is not in *exclude* (the evaluation documents), so a run never trains on what it is
     scored on."""
     if spec.kind == "builtin":
-        directory = builtin_corpus.ensure_built(builtin_corpus_dir())
+        directory = builtin_corpus.ensure_built(builtin_corpus_dir(spec.corpus_dir))
         rows = builtin_corpus.read_jsonl(directory / "train.jsonl")
         return [{"text": d["text"], "source": d["source"]} for d in rows]
     if spec.kind == "hf" and Path(spec.path).expanduser().exists():
@@ -209,48 +219,3 @@ def long_documents(spec: DatasetSpec, tokenizer: Any, min_tokens: int, count: in
         f"The dataset has only {len(picked)} documents of at least {min_tokens} tokens; "
         f"{count} are needed. Lower the longest evaluation length or the number of documents."
     )
-
-
-@lru_cache(maxsize=8)
-def tokenizer_for(source: str) -> Any:
-    """A model's tokenizer for checks made before a run (the composer's), loaded once per process."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(source, local_files_only=True)
-
-
-@lru_cache(maxsize=16)
-def _cached_token_lengths(spec: DatasetSpec, tokenizer_source: str) -> tuple[tuple[str, int], ...]:
-    tokenizer = tokenizer_for(tokenizer_source)
-    docs = load_documents(spec)
-    ids = tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
-    return tuple((d["source"], len(row)) for d, row in zip(docs, ids, strict=True))
-
-
-def _token_lengths(spec: DatasetSpec, tokenizer_source: str) -> tuple[tuple[str, int], ...]:
-    """(source, tokens) per evaluation document; the haystack setting does not change the documents, so it is
-    left out of the cache key and choosing another haystack source costs no new tokenization."""
-    return _cached_token_lengths(replace(spec, haystack_source=""), tokenizer_source)
-
-
-def count_long_documents(spec: DatasetSpec, tokenizer_source: str, min_tokens: int) -> int:
-    """How many evaluation documents reach *min_tokens* tokens.
-
-    Token lengths are cached per (dataset, tokenizer), so the composer, which asks on every
-    submit with whatever longest length the user typed, pays the tokenization once per process.
-    """
-    return sum(n >= min_tokens for _, n in _token_lengths(spec, tokenizer_source))
-
-
-def count_tokens(spec: DatasetSpec, tokenizer_source: str) -> int:
-    """All tokens of the haystack source's evaluation documents: what a needle haystack can be cut from.
-
-    Raises :class:`DatasetError` when the dataset has no document of that source.
-    """
-    lengths = _token_lengths(spec, tokenizer_source)
-    source = spec.haystack
-    if source == ALL_SOURCES:
-        return sum(n for _, n in lengths)
-    if not any(s == source for s, _ in lengths):
-        haystack_documents(spec)  # raises, naming the sources the data has
-    return sum(n for s, n in lengths if s == source)

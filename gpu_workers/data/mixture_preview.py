@@ -15,6 +15,7 @@ from gpu_workers.data import upsampling
 from gpu_workers.data.documents import load_training_documents
 from gpu_workers.data.training import shuffled_pool
 from gpu_workers.spec import DatasetSpec
+from gpu_workers.tokenizer_files import load_light_tokenizer
 
 PREVIEW_TOKENS = 1_000_000
 
@@ -22,9 +23,8 @@ PREVIEW_TOKENS = 1_000_000
 @lru_cache(maxsize=8)
 def sample(spec: DatasetSpec, tokenizer_source: str, budget: int = PREVIEW_TOKENS, seed: int = 0
            ) -> tuple[upsampling.Doc, ...]:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, local_files_only=True)
+    # The web process draws this preview: tokenizer.json through `tokenizers`, not transformers (no torch).
+    tokenizer = load_light_tokenizer(tokenizer_source)
     return tuple(shuffled_pool(load_training_documents(spec), tokenizer, budget, f"preview:{seed}"))
 
 

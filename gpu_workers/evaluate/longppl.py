@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from gpu_workers import protocol
-from gpu_workers.evaluate.perplexity import checked_lengths, head_losses, reset_rotary_cache, token_losses
+from gpu_workers.evaluate.perplexity import checked_lengths, head_losses, token_losses
 from gpu_workers.reporter import Cancelled, Measurement
+from gpu_workers.rotary import reset_rotary_cache
 
 DEFAULT_GAIN = 2.0
 """Nats the long context must save on a token (the paper's α)."""

@@ -17,9 +17,9 @@ import torch
 from gpu_workers import device as devices
 from gpu_workers.device import Placement
 from gpu_workers.evaluate.greedy import prefill
-from gpu_workers.evaluate.perplexity import reset_rotary_cache
 from gpu_workers.model_facts import ModelFacts
 from gpu_workers.reporter import Cancelled, Measurement
+from gpu_workers.rotary import reset_rotary_cache
 
 MB = 2**20
 

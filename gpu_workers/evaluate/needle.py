@@ -23,9 +23,9 @@ import torch
 
 from gpu_workers.data.needle import NeedleBuilder, NeedleTask
 from gpu_workers.evaluate.greedy import answer_positions_logits, cache_prefix, greedy_decode, prefill
-from gpu_workers.evaluate.perplexity import reset_rotary_cache
 from gpu_workers.evaluate.stats import bootstrap_ci, wilson_interval
 from gpu_workers.reporter import Cancelled, Measurement
+from gpu_workers.rotary import reset_rotary_cache
 
 EXTRA_DECODE_TOKENS = 3
 REUSE_MIN_PREFIX_SHARE = 0.5

@@ -16,9 +16,9 @@ import torch
 
 from gpu_workers.data.passkey import make_sample
 from gpu_workers.evaluate.greedy import greedy_prefix_match
-from gpu_workers.evaluate.perplexity import reset_rotary_cache
 from gpu_workers.evaluate.stats import wilson_interval
 from gpu_workers.reporter import Cancelled, Measurement
+from gpu_workers.rotary import reset_rotary_cache
 
 
 @dataclass(frozen=True)

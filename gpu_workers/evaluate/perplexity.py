@@ -23,6 +23,7 @@ import torch
 
 from gpu_workers.evaluate.stats import bootstrap_ci
 from gpu_workers.reporter import Cancelled, Measurement
+from gpu_workers.rotary import reset_rotary_cache
 
 __all__ = ["bootstrap_ci", "perplexity_by_length", "sliding_perplexity_by_length", "token_losses"]
 
@@ -48,13 +49,6 @@ class LengthResult:
     ci_low: float
     ci_high: float
     documents: int
-
-
-def reset_rotary_cache(model: torch.nn.Module) -> None:
-    """Put every dynamic rotary embedding back to its original frequencies (and attention scaling)."""
-    from gpu_workers.position_patches import reset_rotary_cache as reset
-
-    reset(model)
 
 
 @torch.no_grad()

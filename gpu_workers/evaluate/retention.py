@@ -15,49 +15,20 @@ from dataclasses import dataclass
 
 import torch
 
+from gpu_workers.position_patches import suspended
 from gpu_workers.reporter import Measurement
-
-
-def rotary_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "attention_scaling")]
+from gpu_workers.rotary import fixed_rope
 
 
 @contextmanager
 def original_rope(model: torch.nn.Module, inv_freq: list[float], attention_scaling: float = 1.0) -> Iterator[None]:
-    """Run the model with fixed RoPE of the given inverse frequencies and plain attention; restore after.
+    """Run the model as the base model: fixed RoPE of the given inverse frequencies, plain attention; restore after.
 
-    ``attention_scaling`` is the checkpoint's own (1 for plain RoPE; e.g. Phi-3's LongRoPE factor).
+    ``attention_scaling`` is the checkpoint's own (1 for plain RoPE; e.g. Phi-3's LongRoPE factor). The
+    attention-level methods (Self-Extend, ReRoPE, log-n) are suspended too: the base model has none of them.
     """
-    from gpu_workers.position_patches import suspended
-
-    saved = []
-    for module in rotary_modules(model):
-        saved.append((module, module.inv_freq.clone(), module.attention_scaling, module.rope_type,
-                      getattr(module, "max_seq_len_cached", None), getattr(module, "original_inv_freq", None),
-                      getattr(module, "original_attention_scaling", None)))
-        module.inv_freq = torch.tensor(inv_freq, dtype=module.inv_freq.dtype, device=module.inv_freq.device)
-        module.attention_scaling = attention_scaling
-        if hasattr(module, "original_attention_scaling"):
-            module.original_attention_scaling = attention_scaling
-        module.rope_type = "default"
-        if hasattr(module, "original_inv_freq"):
-            # perplexity.reset_rotary_cache copies this back before each window; for LongRoPE it holds the
-            # short-factor frequencies, which would quietly replace the reference inside the block.
-            module.original_inv_freq = module.inv_freq.clone()
-    try:
-        with suspended(model):  # attention-level methods (Self-Extend, ReRoPE, log-n) are off for the base
-            yield
-    finally:
-        for module, freq, scaling, rope_type, cached, original, original_scaling in saved:
-            module.inv_freq = freq
-            module.attention_scaling = scaling
-            if original_scaling is not None:
-                module.original_attention_scaling = original_scaling
-            module.rope_type = rope_type
-            if cached is not None:
-                module.max_seq_len_cached = cached
-            if original is not None:
-                module.original_inv_freq = original
+    with fixed_rope(model, inv_freq, attention_scaling), suspended(model):
+        yield
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,9 @@ import torch
 from gpu_workers.data.ruler import RulerError, RulerSample
 from gpu_workers.evaluate.greedy import cache_prefix, greedy_decode, prefill
 from gpu_workers.evaluate.needle import REUSE_MIN_PREFIX_SHARE
-from gpu_workers.evaluate.perplexity import reset_rotary_cache
 from gpu_workers.evaluate.stats import wilson_interval
 from gpu_workers.reporter import Cancelled, Measurement
+from gpu_workers.rotary import reset_rotary_cache
 
 ANSWER_SLACK_TOKENS = 8
 """Decoding budget beyond the reference answer's own tokens: room for a different separator or a space.

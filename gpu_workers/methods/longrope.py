@@ -16,7 +16,6 @@ Factor files written by microsoft/LongRoPE's search are read by :mod:`gpu_worker
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from gpu_workers import rope_theory
@@ -50,13 +49,13 @@ PARAMS = (
 
 
 def default_attention_factor(factor: float, original_context: int) -> float:
-    return math.sqrt(1 + math.log(factor) / math.log(original_context))
+    """√(1 + ln s / ln L₀) (:func:`gpu_workers.rope_theory.longrope_attention_factor`)."""
+    return rope_theory.longrope_attention_factor(factor, original_context)
 
 
 def yarn_start_factors(base: RopeFacts, factor: float) -> list[float]:
     """1 + (s − 1)·ramp_i: each pair's share of YaRN's interpolation, as LongRoPE's search initialises."""
-    low, high = rope_theory.yarn_ramp_dims(base.rotary_dim, base.rope_theta, base.original_context)
-    return [1.0 + (factor - 1.0) * r for r in rope_theory.yarn_ramp(base.rotary_dim, low, high)]
+    return rope_theory.yarn_ramp_factors(base.rotary_dim, base.rope_theta, base.original_context, factor)
 
 
 def _check_length(base: RopeFacts, params: dict[str, Any], name: str, label: str) -> None:

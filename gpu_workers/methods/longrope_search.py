@@ -39,6 +39,10 @@ CONFIG_FIELDS = {"target_length": "search_length"}
 (blank: the target length), so an error about it belongs beside that input."""
 
 
+# gpu_workers.search is imported when a search row is checked, not with the method table: it brings numpy,
+# which the web process has no other need for. (It imports no method family, so there is no cycle to avoid.)
+
+
 def _checker(mode: str):  # noqa: ANN202 - a closure per mode
     def check(base: RopeFacts, target_length: int, params: dict[str, Any]) -> None:
         from gpu_workers.search import SearchConfigError

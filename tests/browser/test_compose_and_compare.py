@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
+from experiments.forms import DEFAULT_SUITE
 from experiments.models import Experiment
+from gpu_workers.spec import EVALUATIONS
 from tests.browser.conftest import log_in_as_demo
 from tests.integration.conftest import ARTIFACTS
 
@@ -34,11 +36,18 @@ def test_compose_run_and_see_the_chart(page: Any, live_server: Any, celery_worke
     page.fill("input[name$=target_length]", "1024")
     page.fill("input[name$=eval_lengths]", "256, 1024")
     page.fill("input[name$=eval_documents]", "4")
-    # The evaluation suite: everything is ticked by default; fewer passkey prompts and needles.
+    # The evaluation suite: everything but RULER (opt-in, the costliest) is ticked by default; fewer passkey
+    # prompts and needles.
     suite = page.locator("input[name='eval-suite']")
-    expect(suite).to_have_count(6)
-    for i in range(6):
-        expect(suite.nth(i)).to_be_checked()
+    expect(suite).to_have_count(len(EVALUATIONS))
+    for i in range(len(EVALUATIONS)):
+        box = suite.nth(i)
+        if box.get_attribute("value") in DEFAULT_SUITE:
+            expect(box).to_be_checked()
+        else:
+            expect(box).not_to_be_checked()
+    checked = suite.evaluate_all("boxes => boxes.filter(b => b.checked).map(b => b.value)")
+    assert sorted(checked) == sorted(DEFAULT_SUITE)
     page.fill("input[name='eval-passkey_samples']", "10")
     page.fill("input[name='eval-needle_depths']", "0, 0.5, 1")
     page.fill("input[name='eval-needle_samples']", "1")

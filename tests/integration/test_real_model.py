@@ -18,10 +18,11 @@ from django.core.management import call_command
 from django.test import Client
 
 from experiments import services
-from experiments.models import BaseModel, Team
+from experiments.models import BaseModel, DatasetLengthStats, Team
 from gpu_workers.data.documents import long_documents
 from gpu_workers.gguf_import import package_gguf
 from gpu_workers.spec import DatasetSpec
+from gpu_workers.tokenizer_files import tokenizer_key
 from tests.integration.conftest import wait_for
 from tests.integration.worker import WorkerProcess
 
@@ -58,6 +59,10 @@ def test_smollm2_registered_from_its_gguf_runs_every_kind_of_method_on_a_real_wo
     assert facts["converted_from"] == str(smollm2.resolve())
     model = BaseModel.objects.get(name="SmolLM2 e2e")
     assert (Path(model.source) / "model.safetensors").is_file()
+    # Registering it had the worker measure the demo corpus in its tokens: the composer checks those numbers.
+    measured = DatasetLengthStats.objects.filter(dataset__name="Demo corpus (code + prose)",
+                                                 tokenizer_key=tokenizer_key(model.source), status="succeeded")
+    wait_for(measured.exists, 300, "the demo corpus measured in SmolLM2's tokens", celery_worker)
 
     body = {
         "name": "SmolLM2 e2e", "base_model": "SmolLM2 e2e", "dataset": "Demo corpus (code + prose)",

@@ -257,9 +257,9 @@ def test_the_retention_reference_is_the_checkpoint_as_shipped_even_for_longrope_
     checkpoints: dict[str, Path], name: str
 ) -> None:
     """Issue 12, defect 1: reset_rotary_cache used to copy LongRoPE's short-factor frequencies back in."""
-    from gpu_workers.evaluate.perplexity import reset_rotary_cache
     from gpu_workers.evaluate.retention import original_rope
-    from gpu_workers.rope_theory import original_rotary
+    from gpu_workers.methods.frequencies import original_rotary
+    from gpu_workers.rotary import reset_rotary_cache
 
     pairs = EXPECTED_ROTARY_DIM.get(name, 16) // 2
     extended = load(str(checkpoints[name]), MethodSpec("longrope", {"short_factor": [1.5] * pairs}), TARGET, CPU)

@@ -136,7 +136,8 @@ def test_first_interrupt_asks_the_run_to_stop(tmp_path: Path) -> None:
     assert cli.run_command(args, out, err, execute=execute) == cli.EXIT_CANCELLED
     assert checks[-1] is True
     assert json.loads(out.getvalue()) == {"metric": "perplexity", "value": 2.5, "context_length": 64, "depth": None,
-                                          "samples": None, "ci_low": None, "ci_high": None, "step": None}
+                                          "samples": None, "ci_low": None, "ci_high": None, "step": None,
+                                          "protocol_key": None}
     assert "cancelled after 1 measurements" in err.getvalue()
     assert signal.getsignal(signal.SIGINT) is before
 

@@ -19,7 +19,7 @@ from gpu_workers.evaluate.greedy import greedy_decode, greedy_prefix_match
 from gpu_workers.evaluate.retention import original_rope
 from gpu_workers.evaluate.stats import wilson_interval
 from gpu_workers.loading import load
-from gpu_workers.rope_theory import original_frequencies
+from gpu_workers.methods.frequencies import original_frequencies
 from gpu_workers.spec import DatasetSpec, EvalSpec, EvalSpecError, MethodSpec
 
 CPU = place("cpu")

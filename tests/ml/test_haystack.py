@@ -12,11 +12,11 @@ from gpu_workers.data import builtin_corpus
 from gpu_workers.data.documents import (
     DatasetError,
     builtin_corpus_dir,
-    count_tokens,
     haystack_documents,
     inspect_dataset,
     load_documents,
 )
+from gpu_workers.data.length_stats import count_tokens
 from gpu_workers.data.needle import NeedleBuilder, haystack_order, haystack_stream
 from gpu_workers.demo import DEMO_MODEL_DIR
 from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from gpu_workers import methods
 from gpu_workers.methods.base import Param, RopeFacts, RopeSetup, coerce, to_text
-from gpu_workers.rope_theory import rope_frequencies, setup_frequencies
+from gpu_workers.methods.frequencies import rope_frequencies, setup_frequencies
 
 LLAMA2 = RopeFacts(has_rope=True, head_dim=128, rope_theta=10000.0, original_context=4096)
 DEMO = RopeFacts(has_rope=True, head_dim=32, rope_theta=10000.0, original_context=256)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpu_workers import pipeline, train_cli
+from gpu_workers import pipeline
 from gpu_workers.data.training import TrainData
 from gpu_workers.device import place
 from gpu_workers.evaluate.perplexity import perplexity_by_length
@@ -24,6 +24,7 @@ from gpu_workers.methods import FAMILIES, RopeFacts
 from gpu_workers.mixed_windows import rope_changes_with_length
 from gpu_workers.reporter import MemoryReporter
 from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec, TrainSpec
+from gpu_workers.train import cli as train_cli
 from gpu_workers.train import step_kinds, train
 
 ORIGINAL = 64

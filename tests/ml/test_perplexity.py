@@ -13,6 +13,7 @@ from gpu_workers.device import place
 from gpu_workers.evaluate import perplexity
 from gpu_workers.loading import load
 from gpu_workers.reporter import Cancelled
+from gpu_workers.rotary import reset_rotary_cache
 from gpu_workers.spec import MethodSpec
 
 CPU = place("cpu")
@@ -42,7 +43,7 @@ def test_dynamic_ntk_differs_by_length_and_resets_between_passes(tiny_model_dir:
     docs = _docs(loaded.model.config.vocab_size, n=2)
     # A long pass first, then a short one: without the reset the short pass would inherit the long scaling.
     perplexity.token_losses(loaded.model, docs[0], CPU.device)
-    perplexity.reset_rotary_cache(loaded.model)
+    reset_rotary_cache(loaded.model)
     short_after_long = perplexity.token_losses(loaded.model, docs[0][:128], CPU.device)
     fresh = load(str(tiny_model_dir), MethodSpec("dynamic_ntk"), 256, CPU)
     short_fresh = perplexity.token_losses(fresh.model, docs[0][:128], CPU.device)
@@ -54,13 +55,13 @@ def test_dynamic_ntk_differs_by_length_and_resets_between_passes(tiny_model_dir:
     assert results[0].perplexity == pytest.approx(expected_128, rel=1e-4)
     # Within the original context (64) dynamic NTK is the base model; beyond it, it is not. transformers
     # resets a grown cache only for inputs strictly shorter than the original, hence our own reset.
-    perplexity.reset_rotary_cache(fresh.model)
+    reset_rotary_cache(fresh.model)
     base = load(str(tiny_model_dir), MethodSpec("none"), 256, CPU)
     assert torch.allclose(
         perplexity.token_losses(base.model, docs[0][:64], CPU.device),
         perplexity.token_losses(fresh.model, docs[0][:64], CPU.device), atol=1e-5,
     )
-    perplexity.reset_rotary_cache(fresh.model)
+    reset_rotary_cache(fresh.model)
     assert not torch.allclose(
         perplexity.token_losses(base.model, docs[0][:256], CPU.device),
         perplexity.token_losses(fresh.model, docs[0][:256], CPU.device), atol=1e-3,

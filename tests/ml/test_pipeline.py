@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from gpu_workers import pipeline
-from gpu_workers.data.documents import DatasetError, count_long_documents, inspect_dataset, long_documents
+from gpu_workers.data.documents import DatasetError, inspect_dataset, long_documents
+from gpu_workers.data.length_stats import count_long_documents
 from gpu_workers.model_facts import ModelSourceError, inspect_model
 from gpu_workers.reporter import Cancelled, MemoryReporter
 from gpu_workers.spec import EVALUATIONS, DatasetSpec, EvalSpec, MethodSpec, RunSpec

@@ -16,11 +16,12 @@ import torch
 from gpu_workers.data.documents import builtin_corpus_dir
 from gpu_workers.data.training import TrainData, build_training_data, pose_position_ids
 from gpu_workers.device import place
-from gpu_workers.evaluate.perplexity import reset_rotary_cache
 from gpu_workers.loading import LoadedModel, load
 from gpu_workers.reporter import Cancelled, MemoryReporter
+from gpu_workers.rotary import reset_rotary_cache
 from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec, TrainSpec, TrainSpecError
-from gpu_workers.train import _fingerprint, forward_inputs, pose_ids, train
+from gpu_workers.train import forward_inputs, pose_ids, train
+from gpu_workers.train.checkpoint import fingerprint
 
 ORIGINAL = 64
 TARGET = 256
@@ -216,11 +217,11 @@ def test_a_resumed_pose_run_sees_the_same_position_ids(tiny_pi: LoadedModel, tmp
 
 def test_pose_is_part_of_the_checkpoint_fingerprint_only_when_on() -> None:
     data = _data(100)
-    plain = _fingerprint(TrainSpec(mode="finetune"), TrainData(data.long), ["w"], 1)
+    plain = fingerprint(TrainSpec(mode="finetune"), TrainData(data.long), ["w"], 1)
     assert "pose" not in plain  # checkpoints written before PoSE still resume
-    on = _fingerprint(TrainSpec(mode="finetune", pose=True), data, ["w"], 1)
-    assert on != _fingerprint(TrainSpec(mode="finetune", pose=True, pose_chunks=3), data, ["w"], 1)
-    assert on != _fingerprint(TrainSpec(mode="finetune", pose=True),
+    on = fingerprint(TrainSpec(mode="finetune", pose=True), data, ["w"], 1)
+    assert on != fingerprint(TrainSpec(mode="finetune", pose=True, pose_chunks=3), data, ["w"], 1)
+    assert on != fingerprint(TrainSpec(mode="finetune", pose=True),
                               TrainData(data.long, pose_target_length=2 * TARGET), ["w"], 1)
 
 

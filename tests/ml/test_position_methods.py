@@ -19,12 +19,13 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from gpu_workers import methods
 from gpu_workers.device import Placement
-from gpu_workers.evaluate.perplexity import perplexity_by_length, reset_rotary_cache
+from gpu_workers.evaluate.perplexity import perplexity_by_length
 from gpu_workers.evaluate.retention import original_rope
 from gpu_workers.export import ExportError, export_checkpoint
 from gpu_workers.loading import load
 from gpu_workers.methods import MethodError, RopeFacts
-from gpu_workers.rope_theory import original_rotary
+from gpu_workers.methods.frequencies import original_rotary
+from gpu_workers.rotary import reset_rotary_cache
 from gpu_workers.spec import MethodSpec
 from tests.ml.architectures import CONFIGS, ORIGINAL, rotary_module, save_tiny
 

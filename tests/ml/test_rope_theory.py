@@ -11,6 +11,7 @@ from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from gpu_workers import methods, rope_theory
+from gpu_workers.methods import frequencies
 from gpu_workers.methods.base import RopeFacts
 
 LLAMA2 = RopeFacts(has_rope=True, head_dim=128, rope_theta=10000.0, original_context=4096)
@@ -47,7 +48,7 @@ def _transformers_yarn_ratio(truncate: bool, factor: float = 16.0) -> list[float
     config = LlamaConfig(hidden_size=128, num_attention_heads=1, head_dim=128, max_position_embeddings=65536,
                          rope_parameters=rope)
     inv, _ = ROPE_INIT_FUNCTIONS["yarn"](config, None)
-    original = rope_theory.original_frequencies(LLAMA2)
+    original = frequencies.original_frequencies(LLAMA2)
     return [o / n for o, n in zip(original, inv.double().tolist(), strict=True)]
 
 
@@ -65,7 +66,7 @@ def test_yarn_ramp_dims_are_where_transformers_starts_and_stops_interpolating(tr
         if low < i < high:
             assert 1.0 < r < 16.0
     # The family (transformers' default truncate=True) gives the truncated ramp.
-    family = rope_theory.effective_scaling("yarn", {"factor": 16}, LLAMA2, 65536)
+    family = frequencies.effective_scaling("yarn", {"factor": 16}, LLAMA2, 65536)
     assert family == pytest.approx(_transformers_yarn_ratio(True), rel=1e-6)
     assert family[20] == 1.0 and family[21] > 1.0 and family[45] < 16.0 and family[46] == pytest.approx(16.0)
 
@@ -125,23 +126,23 @@ def test_truncated_ramp_contains_the_exact_one(d: int, base: float, original: in
 
 
 def test_effective_scaling_per_family() -> None:
-    assert rope_theory.effective_scaling("none", {}, DEMO, 1024) == [1.0] * 16
-    assert rope_theory.effective_scaling("pi", {"factor": 4}, DEMO, 1024) == pytest.approx([4.0] * 16, rel=1e-6)
-    ntk = rope_theory.effective_scaling("ntk", {"factor": 4}, DEMO, 1024)
+    assert frequencies.effective_scaling("none", {}, DEMO, 1024) == [1.0] * 16
+    assert frequencies.effective_scaling("pi", {"factor": 4}, DEMO, 1024) == pytest.approx([4.0] * 16, rel=1e-6)
+    ntk = frequencies.effective_scaling("ntk", {"factor": 4}, DEMO, 1024)
     assert ntk[0] == 1.0 and ntk[-1] == pytest.approx(4.0, rel=1e-6) and ntk == sorted(ntk)
     # Dynamic NTK: nothing within the original context, the fixed-NTK base at the target (factor = target ratio).
-    assert rope_theory.effective_scaling("dynamic_ntk", {"factor": 4}, DEMO, 1024, seq_len=200) == [1.0] * 16
-    assert rope_theory.effective_scaling("dynamic_ntk", {"factor": 4}, DEMO, 1024) == pytest.approx(
-        rope_theory.effective_scaling("ntk", {"factor": 13}, DEMO, 1024), rel=1e-5
+    assert frequencies.effective_scaling("dynamic_ntk", {"factor": 4}, DEMO, 1024, seq_len=200) == [1.0] * 16
+    assert frequencies.effective_scaling("dynamic_ntk", {"factor": 4}, DEMO, 1024) == pytest.approx(
+        frequencies.effective_scaling("ntk", {"factor": 13}, DEMO, 1024), rel=1e-5
     )
     long = [1.0 + i / 5 for i in range(16)]
     short = [1.0 + i / 50 for i in range(16)]
     params = {"long_factor": long, "short_factor": short}
-    assert rope_theory.effective_scaling("longrope", params, DEMO, 1024) == pytest.approx(long, rel=1e-6)
-    assert rope_theory.effective_scaling("longrope", params, DEMO, 1024, seq_len=256) == pytest.approx(short, rel=1e-6)
-    llama3 = rope_theory.effective_scaling("llama3", {"factor": 8}, LLAMA2, 32768)
+    assert frequencies.effective_scaling("longrope", params, DEMO, 1024) == pytest.approx(long, rel=1e-6)
+    assert frequencies.effective_scaling("longrope", params, DEMO, 1024, seq_len=256) == pytest.approx(short, rel=1e-6)
+    llama3 = frequencies.effective_scaling("llama3", {"factor": 8}, LLAMA2, 32768)
     assert llama3[0] == 1.0 and llama3[-1] == pytest.approx(8.0, rel=1e-6) and llama3 == sorted(llama3)
-    changed = rope_theory.effective_scaling("base_change", {"rope_theta": 1e6}, LLAMA2, 32768)
+    changed = frequencies.effective_scaling("base_change", {"rope_theta": 1e6}, LLAMA2, 32768)
     assert changed[-1] == pytest.approx(100 ** (126 / 128), rel=1e-5)
 
 

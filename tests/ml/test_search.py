@@ -15,9 +15,13 @@ from gpu_workers.demo import DEMO_MODEL_DIR
 from gpu_workers.device import place
 from gpu_workers.evaluate import perplexity
 from gpu_workers.loading import LoadedModel, load
+from gpu_workers.methods import frequencies
 from gpu_workers.methods.longrope import yarn_start_factors
 from gpu_workers.reporter import Cancelled
+from gpu_workers.rotary import rope_override_rows
 from gpu_workers.search import Candidate, SearchConfig, SearchConfigError
+from gpu_workers.search.fitness import batched_perplexity_fitness, perplexity_fitness
+from gpu_workers.search.genetic import STATE_VERSION
 from gpu_workers.spec import DatasetSpec, MethodSpec
 
 CPU = place("cpu")
@@ -115,17 +119,17 @@ def test_initial_population_starts_from_pi_ntk_and_yarn_shapes() -> None:
     facts = methods.RopeFacts(has_rope=True, head_dim=32, rope_theta=10000.0, original_context=256)
     assert list(first[2]) == [round(x, 4) for x in yarn_start_factors(facts, 2.0)]
     # ... and YaRN's own frequencies (transformers' yarn blends inverse frequencies, not factors).
-    yarn_inv, _ = rope_theory.rope_frequencies("yarn", {"factor": 2.0}, facts, 512)
-    original = rope_theory.original_frequencies(facts)
+    yarn_inv, _ = frequencies.rope_frequencies("yarn", {"factor": 2.0}, facts, 512)
+    original = frequencies.original_frequencies(facts)
     assert list(fitness.calls[3].factors) == [round(o / y, 4) for o, y in zip(original, yarn_inv, strict=True)]
     assert fitness.calls[3].factors != first[2]
 
 
 def test_yarn_frequency_seed_is_transformers_yarn_at_every_scale() -> None:
     facts = methods.RopeFacts(has_rope=True, head_dim=64, rope_theta=5e5, original_context=512)
-    original = rope_theory.original_frequencies(facts)
+    original = frequencies.original_frequencies(facts)
     for factor in (2.0, 4.0, 8.0, 16.0):
-        yarn_inv, _ = rope_theory.rope_frequencies("yarn", {"factor": factor}, facts, int(512 * factor))
+        yarn_inv, _ = frequencies.rope_frequencies("yarn", {"factor": factor}, facts, int(512 * factor))
         expected = [o / y for o, y in zip(original, yarn_inv, strict=True)]
         assert search.yarn_frequency_factors(64, 5e5, 512, factor) == pytest.approx(expected, rel=1e-6)
 
@@ -313,7 +317,7 @@ def test_a_longrope2_search_with_a_moving_split_resumes_exactly() -> None:
     config = SearchConfig(mode="longrope2", population=8, parents=3, generations=6, patience=0, mutation_scale=0.3)
     full_states: list[dict] = []
     full = search.search(config, Recorder(config), on_generation=full_states.append)
-    assert full_states[0]["version"] == search.STATE_VERSION == 2
+    assert full_states[0]["version"] == STATE_VERSION == 2
     assert full_states[0]["critical_window"] == [5, 9]
     assert {e["critical_dim"] for e in full_states[-1]["cache"]} >= {5, 9}
     saved = json.loads(json.dumps(full_states[2], allow_nan=False))
@@ -479,7 +483,7 @@ def test_in_place_fitness_equals_the_loaded_longrope_model(demo: tuple[LoadedMod
     base, docs = demo
     facts = base.facts.rope
     before = perplexity.token_losses(base.model, docs[0], CPU.device)
-    fitness = search.perplexity_fitness(base.model, facts, docs, 512)
+    fitness = perplexity_fitness(base.model, facts, docs, 512)
     candidate = Candidate(tuple(FACTORS), 0, 1.1)
     value = fitness(candidate)
 
@@ -492,12 +496,12 @@ def test_in_place_fitness_equals_the_loaded_longrope_model(demo: tuple[LoadedMod
     plain = perplexity.perplexity_by_length(base.model, docs, [512], device=CPU.device, length_dependent=False)
     assert value != pytest.approx(plain[0].perplexity, rel=1e-2)
     # A longrope-loaded model can be searched in place too (its own long/short switch is paused meanwhile).
-    assert search.perplexity_fitness(loaded.model, facts, docs, 512)(candidate) == pytest.approx(value, rel=1e-6)
+    assert perplexity_fitness(loaded.model, facts, docs, 512)(candidate) == pytest.approx(value, rel=1e-6)
 
 
 def test_n_hat_keeps_initial_positions_at_the_original_rotation(demo: tuple[LoadedModel, list[list[int]]]) -> None:
     base, docs = demo
-    fitness = search.perplexity_fitness(base.model, base.facts.rope, docs, 512)
+    fitness = perplexity_fitness(base.model, base.facts.rope, docs, 512)
     plain = perplexity.perplexity_by_length(base.model, docs, [512], device=CPU.device, length_dependent=False)
     # Position 0 has angle 0 whatever the frequency, so n̂ = 1 is n̂ = 0 (but through our own cos/sin path).
     assert fitness(Candidate(tuple(FACTORS), 1, 1.1)) == pytest.approx(
@@ -514,7 +518,7 @@ def test_n_hat_keeps_initial_positions_at_the_original_rotation(demo: tuple[Load
 def test_a_short_search_on_the_demo_model_gives_loadable_factors(demo: tuple[LoadedModel, list[list[int]]]) -> None:
     base, docs = demo
     config = SearchConfig.for_model(base.facts.rope, 512, population=4, parents=2, generations=1)
-    result = search.search(config, search.perplexity_fitness(base.model, base.facts.rope, docs[:1], 512))
+    result = search.search(config, perplexity_fitness(base.model, base.facts.rope, docs[:1], 512))
     assert result.evaluations >= 4 and len(result.factors) == 16
     assert result.fitness <= result.history[0].best
     loaded = load(str(DEMO_MODEL_DIR), MethodSpec("longrope", search.to_method_params(result)), 512, CPU)
@@ -526,8 +530,8 @@ def test_batched_fitness_equals_the_single_fitness_per_candidate(demo: tuple[Loa
     base, docs = demo
     facts = base.facts.rope
     before = perplexity.token_losses(base.model, docs[0], CPU.device)
-    single = search.perplexity_fitness(base.model, facts, docs, 512)
-    many = search.batched_perplexity_fitness(base.model, facts, docs, 512)
+    single = perplexity_fitness(base.model, facts, docs, 512)
+    many = batched_perplexity_fitness(base.model, facts, docs, 512)
     candidates = [
         Candidate(tuple(FACTORS), 0, 1.1),
         Candidate(tuple(search.pi_factors(32, 2.0)), 0, 1.0),
@@ -545,7 +549,7 @@ def test_batched_fitness_equals_the_single_fitness_per_candidate(demo: tuple[Loa
 
 def test_the_per_row_override_refuses_a_batch_of_another_size(demo: tuple[LoadedModel, list[list[int]]]) -> None:
     base, docs = demo
-    with search.rope_override_rows(base.model, base.facts.rope, [Candidate(tuple(FACTORS), 0, 1.0)] * 2, 2):
+    with rope_override_rows(base.model, base.facts.rope, [Candidate(tuple(FACTORS), 0, 1.0)] * 2, 2):
         with pytest.raises(ValueError, match="expects 4 batch rows, got 1"):
             perplexity.token_losses(base.model, docs[0][:64], CPU.device)
     assert "forward" not in base.model.model.rotary_emb.__dict__
@@ -557,8 +561,8 @@ def test_a_batched_search_on_the_demo_model_matches_the_one_at_a_time_one(
     base, docs = demo
     facts = base.facts.rope
     config = SearchConfig.for_model(facts, 512, population=6, parents=2, generations=2, patience=0)
-    straight = search.search(config, search.perplexity_fitness(base.model, facts, docs[:1], 512))
-    many = search.batched_perplexity_fitness(base.model, facts, docs[:1], 512)
+    straight = search.search(config, perplexity_fitness(base.model, facts, docs[:1], 512))
+    many = batched_perplexity_fitness(base.model, facts, docs[:1], 512)
     batched = search.search(config, None, fitness_many=many, batch_candidates=4)
     assert batched.factors == straight.factors and batched.evaluations == straight.evaluations
     assert [h.best for h in batched.history] == pytest.approx([h.best for h in straight.history], rel=1e-5)

@@ -22,16 +22,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-from gpu_workers import train_cli
 from gpu_workers.data.documents import builtin_corpus_dir
 from gpu_workers.data.training import TrainData, build_training_data
 from gpu_workers.demo import DEMO_MODEL_DIR
 from gpu_workers.device import place
 from gpu_workers.loading import LoadedModel, load
 from gpu_workers.reporter import Cancelled, MemoryReporter
-from gpu_workers.s2_attn import s2_attention, shifted_sparse_attention
 from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec, TrainSpec
 from gpu_workers.train import checkpoint_path, train
+from gpu_workers.train import cli as train_cli
+from gpu_workers.train.s2_attn import s2_attention, shifted_sparse_attention
 
 REPO = Path(__file__).resolve().parents[2]
 PI = MethodSpec("pi", {"factor": 4.0})
@@ -338,7 +338,7 @@ def test_two_processes_train_like_one_with_the_whole_batch(corpus, tmp_path: Pat
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", env["MASTER_PORT"],
-         "-m", "gpu_workers.train_cli", "--spec", str(spec_file), "--out", str(tmp_path / "two")],
+         "-m", "gpu_workers.train.cli", "--spec", str(spec_file), "--out", str(tmp_path / "two")],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from gpu_workers import pipeline
-from gpu_workers.data.documents import builtin_corpus_dir
 from gpu_workers.demo import DEMO_MODEL_DIR
 from gpu_workers.reporter import Cancelled, MemoryReporter
 from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec, TrainSpec
-from gpu_workers.train_launch import launcher_command
+from gpu_workers.train.launch import launcher_command
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +31,11 @@ def _run(spec: RunSpec, reporter: MemoryReporter) -> dict[int | None, float]:
     return {m.context_length: m.value for m in reporter.measurements if m.metric == "perplexity"}
 
 
-def test_two_processes_stream_their_losses_and_match_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CONTEXTLAB_CORPUS_DIR", str(builtin_corpus_dir()))
+def test_two_processes_stream_their_losses_and_match_one(tmp_path: Path) -> None:
     single_reporter = MemoryReporter()
     single = _run(_spec(tmp_path / "one"), single_reporter)
-    monkeypatch.setenv("CONTEXTLAB_TRAIN_PROCESSES", "2")
-    monkeypatch.setenv("CONTEXTLAB_TRAIN_LAUNCHER", "torchrun")
     reporter = MemoryReporter()
-    double = _run(_spec(tmp_path / "two"), reporter)
+    double = _run(replace(_spec(tmp_path / "two"), train_processes=2, train_launcher="torchrun"), reporter)
     losses = [m for m in reporter.measurements if m.metric == "train_loss"]
     assert [m.step for m in losses] == [1, 2, 3, 4]
     single_losses = [m.value for m in single_reporter.measurements if m.metric == "train_loss"]
@@ -46,10 +44,7 @@ def test_two_processes_stream_their_losses_and_match_one(tmp_path: Path, monkeyp
     assert any("training in 2 processes" in line for line in reporter.lines)
 
 
-def test_a_cancel_reaches_the_launched_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CONTEXTLAB_CORPUS_DIR", str(builtin_corpus_dir()))
-    monkeypatch.setenv("CONTEXTLAB_TRAIN_PROCESSES", "2")
-    monkeypatch.setenv("CONTEXTLAB_TRAIN_LAUNCHER", "torchrun")
+def test_a_cancel_reaches_the_launched_processes(tmp_path: Path) -> None:
 
     class StopAfterFirstStep(MemoryReporter):
         def should_stop(self) -> bool:
@@ -57,7 +52,7 @@ def test_a_cancel_reaches_the_launched_processes(tmp_path: Path, monkeypatch: py
 
     reporter = StopAfterFirstStep()
     with pytest.raises(Cancelled):
-        pipeline.run(_spec(tmp_path, steps=200), reporter)
+        pipeline.run(replace(_spec(tmp_path, steps=200), train_processes=2, train_launcher="torchrun"), reporter)
     steps = [m.step for m in reporter.measurements if m.metric == "train_loss"]
     assert 1 <= len(steps) < 200
 
@@ -67,3 +62,19 @@ def test_launchers_are_named_commands() -> None:
     assert "torch.distributed.run" in launcher_command(2, "torchrun")
     with pytest.raises(ValueError, match="accelerate or torchrun"):
         launcher_command(2, "mpirun")
+
+
+def test_the_worker_settings_travel_in_the_spec_and_older_specs_still_load(tmp_path: Path) -> None:
+    spec = replace(_spec(tmp_path), train_processes=4, train_launcher="torchrun",
+                   dataset=DatasetSpec(corpus_dir=str(tmp_path / "corpus")))
+    assert RunSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    older = spec.to_json()
+    for name in ("train_processes", "train_launcher"):
+        del older[name]
+    del older["dataset"]["corpus_dir"]
+    old = RunSpec.from_json(older)
+    assert (old.train_processes, old.train_launcher, old.dataset.corpus_dir) == (1, "accelerate", "")
+    with pytest.raises(ValueError, match="accelerate or torchrun"):
+        replace(spec, train_launcher="mpirun")
+    with pytest.raises(ValueError, match="at least 1"):
+        replace(spec, train_processes=0)

@@ -1,6 +1,7 @@
 """Fixtures for the web tests: a tiny model config, small data, a team with four kinds of people.
 
-Nothing here reaches a broker (the run task's ``apply_async`` is mocked for every test), and model
+Nothing here reaches a broker (the run and length-statistics tasks' ``apply_async`` are mocked for every test;
+fixtures store a dataset's token lengths in-process, as a worker would after registration), and model
 sources are config-only directories (plus the demo tokenizer, which the dataset-length check needs),
 except ``weights_dir``: a small random Llama with weights, for the checkpoint export tests.
 """
@@ -154,6 +155,7 @@ def base_model(db: None, model_dir: Path) -> BaseModel:
     model = BaseModel(team=None, name="Tiny Llama", source=str(model_dir))
     model.apply_facts(inspect_model(str(model_dir)).to_json())
     model.save()
+    measured_with(model)
     return model
 
 
@@ -164,13 +166,32 @@ def norope_model(db: None, norope_dir: Path) -> BaseModel:
     model.apply_facts({"architecture": "GPT2LMHeadModel", "model_type": "gpt2", "has_rope": False, "head_dim": 32,
                        "rope_theta": 0.0, "original_context": 256, "rope_type": "none"})
     model.save()
+    measured_with(model)
     return model
 
 
 @pytest.fixture
 def dataset(team: Team, data_file: Path) -> Dataset:
-    return Dataset.objects.create(team=team, name="Small docs", kind="local", path=str(data_file),
-                                  facts={"documents": 14})
+    dataset = Dataset.objects.create(team=team, name="Small docs", kind="local", path=str(data_file),
+                                     facts={"documents": 14})
+    measure_lengths(dataset)
+    return dataset
+
+
+def measure_lengths(dataset: Dataset, *models: BaseModel) -> None:
+    """What a worker does after *dataset* is registered: store its token lengths in the tokenizers of *models*
+    (default: every model it can be combined with), here in-process through the worker's own code path."""
+    from experiments import length_stats
+
+    length_stats.compute_now(dataset, list(models) or length_stats.combinable_models(dataset))
+
+
+def measured_with(model: BaseModel) -> None:
+    """What a worker does after *model* is registered: every dataset it can be combined with, measured."""
+    from experiments import length_stats
+
+    for dataset in length_stats.combinable_datasets(model):
+        length_stats.compute_now(dataset, [model])
 
 
 @pytest.fixture(autouse=True)
@@ -187,6 +208,19 @@ def no_broker() -> Any:
         yield apply_async
 
 
+@pytest.fixture(autouse=True)
+def length_stats_broker() -> Any:
+    """The measuring task's sends, mocked the same way (fixtures measure in-process: ``measure_lengths``)."""
+    with mock.patch("experiments.tasks.measure_dataset_lengths.apply_async") as apply_async:
+        yield apply_async
+
+
 @pytest.fixture
 def experiment(team: Team, owner: Any, base_model: BaseModel, dataset: Dataset) -> Experiment:
     return make_experiment(team, owner, base_model, dataset, runs=2, name="Zebra question")
+
+
+@pytest.fixture
+def measure() -> Callable[..., None]:
+    """``measure(dataset, *models)``: store token lengths as a worker would (for datasets made in a test)."""
+    return measure_lengths

@@ -13,7 +13,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from experiments import rope_charts
 from experiments.models import BaseModel, Experiment, Method
 from gpu_workers import rope_theory
-from gpu_workers.methods import validate
+from gpu_workers.methods import frequencies, validate
 from tests.web.factories import make_experiment, method
 
 DEMO_D, DEMO_THETA, DEMO_CONTEXT = 32, 10000.0, 256
@@ -44,7 +44,7 @@ def test_method_chart_is_rope_theory_effective_scaling(base_model: BaseModel, fa
                                                        params: dict[str, Any]) -> None:
     chosen = canonical(base_model, family, params)
     chart = rope_charts.method_chart(chosen, base_model, 1024)
-    want = rope_theory.effective_scaling(family, chosen.params, base_model.rope_facts(), 1024)
+    want = frequencies.effective_scaling(family, chosen.params, base_model.rope_facts(), 1024)
     curve = chart["curve"]
     assert curve["error"] == ""
     assert curve["scaling"] == pytest.approx(want, rel=1e-5)

@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from experiments.models import BaseModel, Experiment, Method, Run, Team
 from gpu_workers import rope_theory
-from gpu_workers.methods import validate
+from gpu_workers.methods import frequencies, validate
 from tests.web.factories import login, make_experiment
 
 
@@ -59,7 +59,7 @@ def test_method_page_draws_the_scaling_chart(owner: Any, team: Team, base_model:
     assert 'id="scaling-chart"' in html
     assert "/static/vendor/plotly/plotly.min.js" in html and "js/rope_scaling.js" in html
     data = json_script(html, "scaling-chart-data")
-    want = rope_theory.effective_scaling("yarn", chosen.params, base_model.rope_facts(), 1024)
+    want = frequencies.effective_scaling("yarn", chosen.params, base_model.rope_facts(), 1024)
     assert data["curve"]["scaling"] == pytest.approx(want, rel=1e-5)
     assert data["axes"]["wavelengths"] == pytest.approx(rope_theory.wavelengths(32, 10000.0), rel=1e-5)
     assert (data["axes"]["original_context"], data["axes"]["critical_dimension"]) == (256, 14)
@@ -76,7 +76,7 @@ def test_length_dependent_families_say_they_are_drawn_at_the_target(owner: Any, 
     assert "drawn at the target length of 2048 tokens" in html
     data = json_script(html, "scaling-chart-data")
     assert data["curve"]["drawn_at"] == 2048
-    want = rope_theory.effective_scaling(family, chosen.params, base_model.rope_facts(), 1024, seq_len=2048)
+    want = frequencies.effective_scaling(family, chosen.params, base_model.rope_facts(), 1024, seq_len=2048)
     assert data["curve"]["scaling"] == pytest.approx(want, rel=1e-5)
 
 

@@ -26,6 +26,12 @@ def test_env_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert app_settings.env_list("X_LIST") == ["a.com", "b.com"]
     assert app_settings.env_int("X_INT", 1) == 42
     assert app_settings.env_str("X_MISSING", "d") == "d"
+    monkeypatch.setenv("X_FLOAT", "0.25")
+    assert app_settings.env_float("X_FLOAT", 1.0) == 0.25
+    assert app_settings.env_float("X_MISSING", 1.5) == 1.5
+    monkeypatch.setenv("X_FLOAT", "fast")
+    with pytest.raises(ImproperlyConfigured, match="X_FLOAT='fast' is not a number"):
+        app_settings.env_float("X_FLOAT", 1.0)
     monkeypatch.setenv("X_BOOL", "maybe")
     with pytest.raises(ImproperlyConfigured):
         app_settings.env_bool("X_BOOL", False)

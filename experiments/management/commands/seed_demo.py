@@ -6,12 +6,14 @@ nothing (except resetting the demo user's password to ``demo``).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
+from experiments import length_stats
 from experiments.method_labels import method_label
 from experiments.models import BaseModel, Dataset, Membership, Method, Team, params_hash
 from gpu_workers.data import builtin_corpus
@@ -47,7 +49,8 @@ class Command(BaseCommand):
                 user = self._user()
                 Membership.objects.update_or_create(user=user, team=team, defaults={"role": Membership.Role.ADMIN})
         model = self._model(options["model_source"])
-        self._dataset()
+        dataset = self._dataset()
+        self._length_stats(dataset, model)
         self._methods(model.rope_facts() if model else GENERIC_ROPE)
         login = f"log in as username '{USERNAME}', password '{PASSWORD}'"
         if options["no_user"]:
@@ -86,6 +89,21 @@ class Command(BaseCommand):
         dataset.save()
         self.stdout.write(f"dataset {DATASET_NAME}: {facts.documents} evaluation documents")
         return dataset
+
+    def _length_stats(self, dataset: Dataset, model: BaseModel | None) -> None:
+        """The corpus's token lengths in the demo model's tokens, measured here and now (the worker's code path):
+        an operator runs this before the first experiment, often before any worker is up, and the composer
+        refuses experiments until the lengths are stored. Other models' tokenizers go to a worker."""
+        if model is not None:
+            started = time.perf_counter()
+            rows = length_stats.compute_now(dataset, [model])
+            for row in rows:
+                if row.status == row.Status.SUCCEEDED:
+                    self.stdout.write(f"length statistics: {row.documents} documents, {row.tokens:,} tokens in "
+                                      f"{model.name}'s tokenizer ({time.perf_counter() - started:.1f} s)")
+                else:
+                    self.stderr.write(self.style.WARNING(f"length statistics failed: {row.error}"))
+        length_stats.request_for_dataset(dataset)
 
     def _methods(self, base: RopeFacts) -> None:
         wanted = [("none", {})] + [(f, {"factor": x}) for f in FAMILIES_WITH_FACTOR for x in FACTORS]

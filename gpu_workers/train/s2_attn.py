@@ -135,7 +135,8 @@ def s2_attention_forward(
     """The ``AttentionInterface`` entry: reads the group fraction :func:`s2_attention` put on the module's config."""
     settings = getattr(module.config, _SETTINGS, None)
     if settings is None:
-        raise RuntimeError("S2-Attn is only active inside gpu_workers.s2_attn.s2_attention(model, group_fraction)")
+        raise RuntimeError("S2-Attn is only active inside "
+                           "gpu_workers.train.s2_attn.s2_attention(model, group_fraction)")
     if attention_mask is not None:
         raise ValueError("S2-Attn takes packed, unpadded training batches: no attention mask")
     fraction, shift = settings

@@ -1,8 +1,8 @@
 """Train one run's model from the command line: the entry point ``accelerate launch`` runs on multi-GPU hosts.
 
-    python -m gpu_workers.train_cli --spec spec.json --out DIR
-    accelerate launch --num_processes 4 -m gpu_workers.train_cli --spec spec.json --out DIR
-    torchrun --nproc_per_node 2 -m gpu_workers.train_cli ...   # several CPU processes (gloo)
+    python -m gpu_workers.train.cli --spec spec.json --out DIR
+    accelerate launch --num_processes 4 -m gpu_workers.train.cli --spec spec.json --out DIR
+    torchrun --nproc_per_node 2 -m gpu_workers.train.cli ...   # several CPU processes (gloo)
 
 (``accelerate launch --cpu`` starts a single process whatever ``--num_processes`` says — accelerate runs
 several CPU processes only through MPI — while ``torchrun`` sets the same environment that
@@ -31,7 +31,7 @@ from gpu_workers.loading import load
 from gpu_workers.mixed_windows import check as check_mixed_windows
 from gpu_workers.reporter import Cancelled
 from gpu_workers.spec import RunSpec
-from gpu_workers.train import TrainResult, train
+from gpu_workers.train.loop import TrainResult, train
 
 if TYPE_CHECKING:
     import accelerate
@@ -76,7 +76,7 @@ def run(spec: RunSpec, out: Path, *, accelerator: accelerate.Accelerator | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpu_workers.train_cli", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gpu_workers.train.cli", description=__doc__.split("\n")[0])
     parser.add_argument("--spec", type=Path, required=True, help="RunSpec.to_json() as a file")
     parser.add_argument("--out", type=Path, required=True, help="directory for the trained model and result.json")
     parser.add_argument("--stop-file", type=Path, default=None, help="cancel once this file exists")

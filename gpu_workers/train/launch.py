@@ -1,17 +1,17 @@
-"""Training in several processes from a worker: launch ``gpu_workers.train_cli`` and follow it live.
+"""Training in several processes from a worker: launch ``gpu_workers.train.cli`` and follow it live.
 
-A Celery worker that owns several GPUs sets ``CONTEXTLAB_TRAIN_PROCESSES=N``; the run's training step
-then writes its RunSpec to the work directory and starts ``accelerate launch --num_processes N -m
-gpu_workers.train_cli`` (``CONTEXTLAB_TRAIN_LAUNCHER=torchrun`` uses ``torch.distributed.run`` instead,
-which is also how CPU-only hosts get several gloo processes: accelerate runs multi-process CPU only
-through MPI). Step losses come back as JSON lines on stdout and are reported as they arrive; a cancel
-touches the stop file, which the processes honour before their next step.
+A run whose spec says ``train_processes=N`` (a Celery worker that owns several GPUs sets
+``CONTEXTLAB_TRAIN_PROCESSES=N``, which the web side's settings put into every RunSpec it builds) writes
+its RunSpec to the work directory and starts ``accelerate launch --num_processes N -m gpu_workers.train.cli``
+(``train_launcher="torchrun"`` uses ``torch.distributed.run`` instead, which is also how CPU-only hosts get
+several gloo processes: accelerate runs multi-process CPU only through MPI). Step losses come back as JSON
+lines on stdout and are reported as they arrive; a cancel touches the stop file, which the processes honour
+before their next step.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import socket
 import subprocess
@@ -22,14 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpu_workers.reporter import Cancelled
-from gpu_workers.spec import RunSpec
-from gpu_workers.train_cli import CANCELLED_EXIT, RESULT_FILE, STEP_PREFIX
+from gpu_workers.spec import TRAIN_LAUNCHERS, RunSpec
+from gpu_workers.train.cli import CANCELLED_EXIT, RESULT_FILE, STEP_PREFIX
 
 POLL_SECONDS = 1.0
-
-
-def configured_processes() -> int:
-    return max(1, int(os.environ.get("CONTEXTLAB_TRAIN_PROCESSES", "1")))
+REPOSITORY = Path(__file__).resolve().parents[2]
+"""Where the launched processes start, so ``-m gpu_workers.train.cli`` finds the package."""
 
 
 def _free_port() -> int:
@@ -38,20 +36,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launcher_command(processes: int, launcher: str | None = None) -> list[str]:
-    launcher = launcher or os.environ.get("CONTEXTLAB_TRAIN_LAUNCHER", "accelerate")
+def launcher_command(processes: int, launcher: str) -> list[str]:
+    """The command that starts *processes* training processes with *launcher* (one of :data:`TRAIN_LAUNCHERS`)."""
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                 "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
     if launcher == "accelerate":
         return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
                 "--main_process_port", str(_free_port())]
-    raise ValueError(f"CONTEXTLAB_TRAIN_LAUNCHER must be accelerate or torchrun, not {launcher!r}")
+    raise ValueError(f"the training launcher must be {' or '.join(TRAIN_LAUNCHERS)}, not {launcher!r}")
 
 
-def launch(spec: RunSpec, processes: int, *, on_step: Callable[[int, float, float], None],
-           should_stop: Callable[[], bool], launcher: str | None = None) -> dict:
-    """Train in *processes* processes; returns ``result.json``. The trained model is in ``work_dir/trained``."""
+def launch(spec: RunSpec, *, on_step: Callable[[int, float, float], None], should_stop: Callable[[], bool]) -> dict:
+    """Train in ``spec.train_processes`` processes started by ``spec.train_launcher``; returns ``result.json``.
+
+    The trained model is in ``work_dir/trained``.
+    """
     if not spec.work_dir:
         raise ValueError("multi-process training needs the run's work directory")
     work = Path(spec.work_dir)
@@ -59,11 +59,11 @@ def launch(spec: RunSpec, processes: int, *, on_step: Callable[[int, float, floa
     spec_path, out, stop = work / "train_spec.json", work / "trained", work / "STOP"
     stop.unlink(missing_ok=True)
     spec_path.write_text(json.dumps(spec.to_json()))
-    command = launcher_command(processes, launcher) + [
-        "-m", "gpu_workers.train_cli", "--spec", str(spec_path), "--out", str(out), "--stop-file", str(stop),
+    command = launcher_command(spec.train_processes, spec.train_launcher) + [
+        "-m", "gpu_workers.train.cli", "--spec", str(spec_path), "--out", str(out), "--stop-file", str(stop),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               cwd=Path(__file__).resolve().parents[1])
+                               cwd=REPOSITORY)
     lines: queue.Queue[str | None] = queue.Queue()
     tail: deque[str] = deque(maxlen=40)
 

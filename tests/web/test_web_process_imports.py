@@ -88,3 +88,22 @@ def test_a_first_composer_submit_in_a_fresh_process_imports_neither(
     assert result["status"] == 302, result["errors"]
     assert Experiment.objects.filter(name=body["name"]).exists()
     assert result["heavy"] == [], f"imported by the first submit: {result['heavy']}"
+
+
+WORKER_PARENT = f"""
+import sys
+import django
+from webapp.celery import app
+django.setup()
+app.loader.import_default_modules()  # what `celery -A webapp worker` imports before it forks its pool
+import experiments.tasks
+print({HEAVY})
+"""
+
+
+def test_the_celery_worker_parent_imports_neither(tmp_path: Path) -> None:
+    """The prefork pool forks its children from this process. A child forked after the parent used torch's
+    OpenMP threads hangs or crawls (seen: runs 10x slower in the worker than in-process), so torch may only
+    be imported inside the child, by the run itself."""
+    heavy = _run(WORKER_PARENT, {"CONTEXTLAB_DATA_DIR": str(tmp_path), "CELERY_BROKER_URL": "filesystem://"})
+    assert heavy == "[]", f"imported by the worker's parent process: {heavy}"

@@ -32,6 +32,7 @@ RUN_STATUSES = ("succeeded", "succeeded", "succeeded", "failed", "cancelled", "q
 LENGTHS = (1024, 2048, 4096, 8192)
 METRICS = ("perplexity", "longppl", "passkey_accuracy")
 DETAIL_RUNS = 50
+COMPARE_RUNS = 20
 CSV_RUNS = 10
 BATCH = 2000
 
@@ -315,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
 
     client = Client()
     client.force_login(seeder.user)
+    half = COMPARE_RUNS // 2  # the big CSV experiment's runs hold 100,000 measurements each: not compared
+    compared = [*Run.objects.filter(experiment=detail).order_by("id").values_list("uuid", flat=True)[:half],
+                *Run.objects.filter(experiment__name__startswith="Exp").order_by("id")
+                .values_list("uuid", flat=True)[:half]]
+    compare_url = reverse("run_compare") + "?" + "&".join(f"runs={u}" for u in compared)
     pages: list[tuple[str, str]] = [
         ("dashboard, page 1", reverse("dashboard")),
         ("dashboard, filtered (status=failed, q=0, model)", reverse("dashboard")
@@ -323,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         ("API list, page 1", reverse("api_experiments")),
         ("API list, filtered page 2", reverse("api_experiments") + "?status=failed&q=0&page=2"),
         ("leaderboard", reverse("leaderboard")),
+        ("pivot leaderboard, by length", reverse("leaderboard_pivot")),
+        ("pivot leaderboard, summary", reverse("leaderboard_pivot") + "?view=summary"),
+        ("pivot leaderboard CSV", reverse("leaderboard_pivot_csv")),
+        (f"compare page ({COMPARE_RUNS} runs, 4 experiments)", compare_url),
         (f"experiment page ({DETAIL_RUNS} runs)", reverse("experiment_detail", args=[detail.uuid])),
         ("experiment status JSON", reverse("experiment_status", args=[detail.uuid])),
     ]

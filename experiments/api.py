@@ -72,6 +72,7 @@ def experiment_json(experiment: Experiment, runs: list[Run] | None = None) -> di
         "team": _ref(experiment.team),
         "created_by": experiment.created_by.get_username() if experiment.created_by else None,
         "created": experiment.created.isoformat(),
+        "archived_at": experiment.archived_at.isoformat() if experiment.archived_at else None,
         "base_model": _ref(experiment.base_model),
         "dataset": _ref(experiment.dataset),
         "target_length": experiment.target_length,
@@ -259,6 +260,7 @@ def _experiment_list(request: HttpRequest) -> dict[str, Any]:
     results = [
         {"id": str(e.uuid), "name": e.name, "team": _ref(e.team), "base_model": _ref(e.base_model),
          "dataset": _ref(e.dataset), "created": e.created.isoformat(), "runs": e.n_runs,
+         "archived_at": e.archived_at.isoformat() if e.archived_at else None,
          "run_statuses": {status: getattr(e, f"n_{status}") for status in Run.Status.values},
          "url": reverse("api_experiment", kwargs={"experiment_id": e.uuid})}
         for e in page.object_list

@@ -1,8 +1,11 @@
-"""The experiment list's filters (team, base model, dataset, run status, name search) and its pagination.
+"""The experiment list's filters (team, base model, dataset, run status, name search, method family, creation
+dates, archived) and its pagination.
 
 Shared by the dashboard and ``GET /api/v1/experiments/``. Query-string values are untrusted: a team,
 model or dataset id the user cannot see (or that is not a number) is ignored and the form says so on that
-field; an unknown status likewise; a page past the end is the last page, a malformed page the first.
+field; an unknown status, method family or archived choice likewise, and a malformed date or a range that ends
+before it starts; a page past the end is the last page, a malformed page the first. Archived experiments are
+left out unless ``archived`` is ``include`` or ``only``.
 Choices are checked against the user's own teams, models and datasets, so an id cannot reveal anything.
 """
 
@@ -19,8 +22,17 @@ from django.http import QueryDict
 from experiments import selectors
 from experiments.access import teams_of, visible_base_models, visible_datasets, visible_experiments
 from experiments.models import Experiment, Run
+from gpu_workers.methods import FAMILIES
 
-FILTER_KEYS = ("team", "base_model", "dataset", "status", "q")
+FILTER_KEYS = ("team", "base_model", "dataset", "status", "q", "method_family", "created_from", "created_to",
+               "archived")
+ARCHIVED_CHOICES = [(selectors.ARCHIVED_HIDE, "Hide archived"), (selectors.ARCHIVED_INCLUDE, "Include archived"),
+                    (selectors.ARCHIVED_ONLY, "Only archived")]
+BAD_DATE = "Not a date (use YYYY-MM-DD): ignored."
+
+
+def _date_input(role: str) -> forms.DateInput:
+    return forms.DateInput(attrs={"type": "date", "data-role": role}, format="%Y-%m-%d")
 
 
 class ExperimentFilterForm(forms.Form):
@@ -35,6 +47,16 @@ class ExperimentFilterForm(forms.Form):
     status = forms.ChoiceField(choices=[("", "Any run status"), *Run.Status.choices], required=False,
                                label="A run that is")
     q = forms.CharField(required=False, max_length=200, label="Name contains", strip=True)
+    method_family = forms.ChoiceField(
+        choices=[("", "Any method family"), *((f.name, f.label) for f in FAMILIES.values())], required=False,
+        label="A run of the family", widget=forms.Select(attrs={"data-role": "filter-method-family"}),
+    )
+    created_from = forms.DateField(required=False, label="Created from", widget=_date_input("filter-created-from"),
+                                   error_messages={"invalid": BAD_DATE})
+    created_to = forms.DateField(required=False, label="Created to", widget=_date_input("filter-created-to"),
+                                 error_messages={"invalid": BAD_DATE})
+    archived = forms.ChoiceField(choices=ARCHIVED_CHOICES, required=False, label="Archived",
+                                 widget=forms.Select(attrs={"data-role": "filter-archived"}))
 
     def __init__(self, user: Any, data: QueryDict | dict[str, Any] | None = None) -> None:
         wanted = {key: data.get(key) for key in FILTER_KEYS if data and data.get(key) not in (None, "")}
@@ -50,6 +72,17 @@ class ExperimentFilterForm(forms.Form):
                 f"Unknown {self.fields[name].label.lower()}: ignored."  # type: ignore[union-attr]
             )
         self.fields["status"].error_messages["invalid_choice"] = "Unknown run status: ignored."
+        self.fields["method_family"].error_messages["invalid_choice"] = "Unknown method family: ignored."
+        self.fields["archived"].error_messages["invalid_choice"] = (
+            "Unknown archived choice (blank, include or only): ignored."
+        )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        start, end = data.get("created_from"), data.get("created_to")
+        if start and end and end < start:
+            self.add_error("created_to", "Ends before “Created from”: ignored.")
+        return data
 
     def filters(self) -> dict[str, Any]:
         """The valid filters only (a bad field is reported by ``errors`` and left out)."""

@@ -35,10 +35,11 @@ from django.utils import timezone
 
 from experiments.models import BaseModel, Dataset, DatasetLengthStats
 from gpu_workers.tokenizer_files import tokenizer_key
+from webapp.celery import LENGTH_STATS_TASK
+from webapp.celery import app as celery_app
 
 logger = logging.getLogger(__name__)
 Status = DatasetLengthStats.Status
-TASK = "experiments.measure_dataset_lengths"
 QUEUE = "control"
 PROGRESS_EVERY_S = 0.5
 """At most two progress writes a second: the dataset page polls, the worker should not hammer the row."""
@@ -123,11 +124,10 @@ def request_for_model(model: BaseModel) -> list[DatasetLengthStats]:
 
 
 def send(task_id: str) -> None:
-    """Send the measuring task; if the broker is unreachable, fail the row visibly instead of losing it."""
-    from experiments.tasks import measure_dataset_lengths
-
+    """Send the measuring task by name (the Celery shims in ``experiments.tasks`` import this module, not the
+    other way round); if the broker is unreachable, fail the row visibly instead of losing it."""
     try:
-        measure_dataset_lengths.apply_async(args=[task_id], task_id=task_id, queue=QUEUE)
+        celery_app.send_task(LENGTH_STATS_TASK, args=[task_id], task_id=task_id, queue=QUEUE)
     except Exception as exc:  # any broker error must end as a visible failure, as for runs
         logger.exception("could not enqueue length statistics %s", task_id)
         DatasetLengthStats.objects.filter(task_id=task_id, status=Status.QUEUED).update(

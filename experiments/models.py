@@ -231,6 +231,11 @@ class Experiment(models.Model):
     evaluations = models.JSONField(default=dict)
     """EvalSpec's settings besides lengths and documents: ``{"suite": [...], "protocol": ..., ...}``."""
     created = models.DateTimeField(auto_now_add=True)
+    archived_at = models.DateTimeField(
+        null=True, blank=True, db_index=True,
+        help_text="Set: hidden from the experiment lists and the leaderboard, still reachable by URL and exported "
+                  "(experiments.lifecycle_services).",
+    )
 
     class Meta:
         ordering = ["-created"]

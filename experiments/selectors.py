@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from django.db.models import Avg, Count, Exists, IntegerField, Max, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.urls import reverse
+from django.utils import timezone
 
 from experiments import evaluation_charts
 from experiments.access import visible_base_models, visible_experiments
@@ -69,10 +71,25 @@ def experiments_for_user(user: Any) -> QuerySet[Experiment]:
     )
 
 
+ARCHIVED_HIDE, ARCHIVED_INCLUDE, ARCHIVED_ONLY = "", "include", "only"
+"""The experiment list's ``archived`` filter: hide archived experiments (default), list them too, or only them."""
+
+
+def _start_of_day(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min), timezone.get_current_timezone())
+
+
 def filter_experiments(experiments: QuerySet[Experiment], team: Team | None = None,
                        base_model: BaseModel | None = None, dataset: Any = None, status: str | None = None,
-                       q: str | None = None) -> QuerySet[Experiment]:
-    """Narrow an experiment list: team, base model, dataset, a run with *status*, name containing *q*."""
+                       q: str | None = None, method_family: str | None = None, created_from: date | None = None,
+                       created_to: date | None = None, archived: str | None = ARCHIVED_HIDE) -> QuerySet[Experiment]:
+    """Narrow an experiment list: team, base model, dataset, a run with *status*, name containing *q*, a run of a
+    method of *method_family*, created between *created_from* and *created_to* (dates in the site's time zone,
+    both inclusive), and archived or not (*archived*: "" hides archived experiments, "include", "only")."""
+    if archived == ARCHIVED_ONLY:
+        experiments = experiments.filter(archived_at__isnull=False)
+    elif archived != ARCHIVED_INCLUDE:
+        experiments = experiments.filter(archived_at__isnull=True)
     if team is not None:
         experiments = experiments.filter(team=team)
     if base_model is not None:
@@ -83,6 +100,14 @@ def filter_experiments(experiments: QuerySet[Experiment], team: Team | None = No
         experiments = experiments.filter(Exists(Run.objects.filter(experiment=OuterRef("pk"), status=status)))
     if q:
         experiments = experiments.filter(name__icontains=q)
+    if method_family:
+        experiments = experiments.filter(
+            Exists(Run.objects.filter(experiment=OuterRef("pk"), method__family=method_family))
+        )
+    if created_from is not None:
+        experiments = experiments.filter(created__gte=_start_of_day(created_from))
+    if created_to is not None and created_to < date.max:
+        experiments = experiments.filter(created__lt=_start_of_day(created_to + timedelta(days=1)))
     return experiments
 
 
@@ -298,6 +323,7 @@ def _finished_measurements(teams: Iterable[Team] | QuerySet[Team], base_model: B
         run__status=Run.Status.SUCCEEDED,
         run__experiment__team__in=teams,
         run__experiment__base_model=base_model,
+        run__experiment__archived_at__isnull=True,
     )
     if metric in LENGTH_FREE_METRICS:
         measurements = measurements.filter(context_length__isnull=True)
@@ -380,6 +406,7 @@ def leaderboard_lengths(teams: Iterable[Team] | QuerySet[Team], base_model: Base
         Measurement.objects.filter(
             metric=metric, context_length__isnull=False, depth__isnull=True, run__status=Run.Status.SUCCEEDED,
             run__experiment__team__in=teams, run__experiment__base_model=base_model,
+            run__experiment__archived_at__isnull=True,
         ).values_list("context_length", flat=True).distinct().order_by("context_length")
     )
 

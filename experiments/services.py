@@ -1,4 +1,8 @@
-"""The only writer: every change to teams' experiments, runs and measurements happens here.
+"""The web side's writer: every change to teams' experiments, runs and catalogue that a person (page, API,
+``manage.py``) asks for happens here — submitting, cancelling, retrying, exporting, registering. A worker's own
+writes to a run (its claim, what it reports, how it ends) happen in ``experiments.worker``, which imports this
+module and never the other way round: a run is sent by its Celery task *name*, so nothing here imports the code
+that executes it.
 
 Run state moves only by conditional UPDATEs keyed on the run's current ``uuid`` and status
 (queued → running → succeeded | failed | cancelled), so duplicate task deliveries, late writes from
@@ -14,11 +18,9 @@ was stays: its ``RunAttempt`` row (worker, timings, outcome, traceback) and its 
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import shutil
-import traceback
 import uuid
 from collections.abc import Iterable
 from dataclasses import replace
@@ -29,7 +31,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import F, Q, Subquery
+from django.db.models import F, Q
 from django.utils import timezone
 
 from experiments import checkpoints, length_stats
@@ -45,14 +47,12 @@ from experiments.models import (
     Method,
     Run,
     RunAttempt,
-    RunLogChunk,
     Team,
     params_hash,
 )
-from gpu_workers.methods import validate
-from gpu_workers.reporter import Cancelled
-from gpu_workers.reporter import Measurement as ReportedMeasurement
 from gpu_workers.spec import EvalSpec, MethodSpec, RunSpec, TrainSpec
+from webapp.celery import RUN_TASK
+from webapp.celery import app as celery_app
 
 logger = logging.getLogger(__name__)
 Status = Run.Status
@@ -109,11 +109,10 @@ def _enqueue_on_commit(run_uuid: uuid.UUID) -> None:
 
 
 def enqueue_run(run_uuid: str) -> None:
-    """Send the run's task; if the broker is unreachable, fail the run visibly instead of losing it."""
-    from experiments.tasks import execute_run
-
+    """Send the run's task, by name (nothing here imports what executes it), under the run's uuid as its task id;
+    if the broker is unreachable, fail the run visibly instead of losing it."""
     try:
-        execute_run.apply_async(args=[run_uuid], task_id=run_uuid, queue="gpu")
+        celery_app.send_task(RUN_TASK, args=[run_uuid], task_id=run_uuid, queue="gpu")
     except Exception as exc:  # any broker error must end as a visible failed run
         logger.exception("could not enqueue run %s", run_uuid)
         Run.objects.filter(uuid=run_uuid, status=Status.QUEUED).update(
@@ -121,25 +120,9 @@ def enqueue_run(run_uuid: str) -> None:
         )
 
 
-# --- the worker side ---------------------------------------------------------------------------------
-
-
-def claim_run(run_id: str, worker: str) -> bool:
-    """queued → running, atomically; False when there was nothing to claim (duplicate, cancelled).
-
-    A claim is an attempt: its RunAttempt row is written in the same transaction, so the history never misses
-    a run that ran nor records one that did not.
-    """
-    now = timezone.now()
-    with transaction.atomic():
-        claimed = Run.objects.filter(uuid=run_id, status=Status.QUEUED, cancel_requested=False).update(
-            status=Status.RUNNING, worker=worker[:200], started_at=now, heartbeat_at=now, progress=0.0
-        )
-        if claimed == 1:
-            row = Run.objects.filter(uuid=run_id).values("pk", "attempt", "queued_at").get()
-            RunAttempt.objects.create(run_id=row["pk"], number=row["attempt"], task_id=run_id, worker=worker[:200],
-                                      queued_at=row["queued_at"], started_at=now)
-    return claimed == 1
+# --- the run's spec --------------------------------------------------------------------------------
+# Built here, not in experiments.worker, because the web shows and downloads it as the worker builds it
+# (the run page, spec.json); the worker imports it.
 
 
 def run_work_dir(run: Run) -> Path:
@@ -169,154 +152,6 @@ def run_spec_for(run: Run) -> RunSpec:
         train_processes=settings.CONTEXTLAB_TRAIN_PROCESSES,
         train_launcher=settings.CONTEXTLAB_TRAIN_LAUNCHER,
     )
-
-
-def record_haystack_source(run_id: str, spec: RunSpec) -> None:
-    """Note on the run which source fills its needle haystacks, taken from the very spec the pipeline reads,
-    so the chart names what this attempt used even if the dataset's setting changes later."""
-    if any(spec.eval.wants(e) for e in ("needle", "needle_perplexity")):
-        Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(haystack_source=spec.dataset.haystack[:100])
-
-
-def finish_run(run_id: str, status: str, error: str = "", trace: str = "") -> bool:
-    """running → a final status, closing the attempt (with the traceback of a failure, if any); False if the run
-    was no longer running (e.g. swept)."""
-    fields: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "error": error}
-    if status == Status.SUCCEEDED:
-        fields["progress"] = 1.0
-    with transaction.atomic():
-        finished = Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(**fields) == 1
-        if finished:
-            RunAttempt.objects.filter(task_id=run_id, finished_at__isnull=True).update(
-                outcome=status, finished_at=fields["finished_at"], error=error, traceback=trace)
-    return finished
-
-
-def execute_run(run_id: str, worker: str = "") -> str:
-    """Claim, run the pipeline with a database reporter, and record how it ended. Returns the status."""
-    from experiments.reporter import DbReporter
-
-    if not claim_run(run_id, worker):
-        logger.info("run %s: nothing to claim (duplicate delivery, cancelled or retried)", run_id)
-        return "skipped"
-    run = Run.objects.select_related("experiment__base_model", "experiment__dataset", "method").get(uuid=run_id)
-    reporter = DbReporter(run_id)
-    try:
-        with reporter.heartbeat():
-            reporter.log(f"attempt {run.attempt} on {worker or 'unknown worker'}")
-            spec = run_spec_for(run)
-            record_haystack_source(run_id, spec)
-            from gpu_workers import pipeline
-
-            pipeline.run(spec, reporter)
-    except Cancelled:
-        reporter.log("cancelled")
-        finish_run(run_id, Status.CANCELLED)
-        return Status.CANCELLED
-    except Exception as exc:  # any pipeline error fails this run only
-        logger.exception("run %s failed", run_id)
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f" at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
-        message = f"{type(exc).__name__}: {exc}"
-        reporter.log(f"{message}{where}")
-        finish_run(run_id, Status.FAILED, error=message, trace=traceback.format_exc())
-        return Status.FAILED
-    try:
-        # One transaction, so nobody sees a succeeded search run whose method is not saved yet.
-        with transaction.atomic():
-            if finish_run(run_id, Status.SUCCEEDED):
-                save_searched_method(run)
-    except Exception as exc:  # the search result could not become a method: the run did not deliver
-        logger.exception("run %s: saving its searched method failed", run_id)
-        message = f"saving the searched method failed: {type(exc).__name__}: {exc}"
-        reporter.log(message)
-        finish_run(run_id, Status.FAILED, error=message, trace=traceback.format_exc())
-        return Status.FAILED
-    return Status.SUCCEEDED
-
-
-def save_searched_method(run: Run) -> Method | None:
-    """A finished factor search becomes a reusable LongRoPE method of the run's team."""
-    artifact = Artifact.objects.filter(run=run, kind="search_result").order_by("-id").first()
-    if artifact is None:
-        return None
-    try:
-        summary = json.loads(Path(artifact.path).read_text())
-    except (OSError, ValueError):
-        logger.exception("run %s: could not read the search result %s", run.uuid, artifact.path)
-        return None
-    params = summary["method_params"]
-    experiment = run.experiment
-    base = experiment.base_model.rope_facts()
-    canonical = validate("longrope", params, base, experiment.target_length)
-    name = f"LongRoPE ×{canonical['factor']:g} searched in “{experiment.name}” ({run.method.name})"[:200]
-    method = get_or_create_method(experiment.team, "longrope", canonical, name)
-    Run.objects.filter(pk=run.pk).update(produced_method=method)
-    return method
-
-
-def write_progress(run_id: str, fraction: float, message: str, log_tail: str) -> None:
-    Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(
-        progress=min(max(float(fraction), 0.0), 1.0), progress_message=message[:300], log_tail=log_tail
-    )
-
-
-def write_log(run_id: str, log_tail: str, lines: Iterable[str] = ()) -> None:
-    """Replace the tail and append *lines* to the attempt's whole log (``RunLogChunk``): two statements.
-
-    The chunk's run and attempt are subqueries in the INSERT, and the UPDATE before it holds the run's row lock
-    until commit, so a write from an attempt that stopped running changes neither the tail nor the log.
-    """
-    text = "\n".join(lines)
-    if not text:
-        Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(log_tail=log_tail)
-        return
-    with transaction.atomic():
-        if Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(log_tail=log_tail):
-            this_run = Run.objects.filter(uuid=run_id)
-            RunLogChunk.objects.create(run_id=Subquery(this_run.values("pk")[:1]),
-                                       attempt=Subquery(this_run.values("attempt")[:1]), text=text)
-
-
-def beat(run_id: str) -> None:
-    Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(heartbeat_at=timezone.now())
-
-
-def should_stop(run_id: str) -> bool:
-    """True when cancel was asked for, or the run is no longer this attempt's to run."""
-    row = Run.objects.filter(uuid=run_id).values("status", "cancel_requested").first()
-    return row is None or row["cancel_requested"] or row["status"] != Status.RUNNING
-
-
-def record_measurement(run_id: str, measurement: ReportedMeasurement) -> Measurement | None:
-    """Store one reported number, if the run is still running as this attempt."""
-    stored = record_measurements(run_id, [measurement])
-    return stored[0] if stored else None
-
-
-def record_measurements(run_id: str, measurements: Iterable[ReportedMeasurement]) -> list[Measurement]:
-    """Store reported numbers in one insert, if the run is still running as this attempt: two queries."""
-    run_pk = Run.objects.filter(uuid=run_id, status=Status.RUNNING).values_list("pk", flat=True).first()
-    if run_pk is None:
-        return []
-    return Measurement.objects.bulk_create([
-        Measurement(run_id=run_pk, metric=m.metric, value=float(m.value), context_length=m.context_length,
-                    depth=m.depth, samples=m.samples, ci_low=m.ci_low, ci_high=m.ci_high, step=m.step,
-                    protocol_key=(m.protocol_key or "")[:16])
-        for m in measurements
-    ])
-
-
-def record_protocol(run_id: str, facts: dict[str, Any]) -> bool:
-    """Store the attempt's evaluation protocol on its run (the worker reports it once, after loading)."""
-    return Run.objects.filter(uuid=run_id, status=Status.RUNNING).update(protocol=facts) == 1
-
-
-def record_artifact(run_id: str, kind: str, path: str) -> Artifact | None:
-    run = Run.objects.filter(uuid=run_id, status=Status.RUNNING).only("id").first()
-    if run is None:
-        return None
-    return Artifact.objects.create(run=run, kind=kind[:60], path=path[:1000])
 
 
 # --- controlling runs --------------------------------------------------------------------------------

@@ -1,23 +1,28 @@
-"""Celery shims: no logic here, only the bridge from a message to ``experiments.services`` (runs) and
-``experiments.length_stats`` (a dataset's token lengths)."""
+"""Celery shims: no logic here, only the bridge from a message to ``experiments.worker`` (runs),
+``experiments.services`` (the stale-run sweeper) and ``experiments.length_stats`` (a dataset's token lengths).
+
+Nothing in the app imports this module but Celery (``autodiscover_tasks``): senders name the task
+(``webapp.celery``), so the code that enqueues never imports the code that executes.
+"""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from experiments import length_stats, services
+from experiments import length_stats, services, worker
+from webapp.celery import LENGTH_STATS_TASK, RUN_TASK, SWEEP_TASK
 
 
-@shared_task(name="experiments.execute_run", bind=True, acks_late=True)
+@shared_task(name=RUN_TASK, bind=True, acks_late=True)
 def execute_run(self, run_id: str) -> str:  # type: ignore[no-untyped-def]
-    return services.execute_run(run_id, worker=self.request.hostname or "")
+    return worker.execute_run(run_id, worker=self.request.hostname or "")
 
 
-@shared_task(name="experiments.sweep_stale_runs")
+@shared_task(name=SWEEP_TASK)
 def sweep_stale_runs() -> int:
     return services.sweep_stale_runs()
 
 
-@shared_task(name="experiments.measure_dataset_lengths", bind=True, acks_late=True)
+@shared_task(name=LENGTH_STATS_TASK, bind=True, acks_late=True)
 def measure_dataset_lengths(self, task_id: str) -> str:  # type: ignore[no-untyped-def]
     return length_stats.measure(task_id, worker=self.request.hostname or "")

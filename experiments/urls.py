@@ -2,7 +2,16 @@
 
 from django.urls import path
 
-from experiments import composer_views, length_stats_views, run_views, team_views, views
+from experiments import (
+    compare_views,
+    composer_views,
+    length_stats_views,
+    lifecycle_views,
+    pivot_views,
+    run_views,
+    team_views,
+    views,
+)
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -31,6 +40,8 @@ urlpatterns = [
     path("methods/<int:method_id>/<str:which>_factor.csv", views.method_factors, name="method_factors"),
     path("leaderboard/", views.leaderboard_page, name="leaderboard"),
     path("leaderboard.csv", views.leaderboard_csv, name="leaderboard_csv"),
+    path("leaderboard/pivot/", pivot_views.pivot_page, name="leaderboard_pivot"),
+    path("leaderboard/pivot.csv", pivot_views.pivot_csv, name="leaderboard_pivot_csv"),
     path("account/tokens/", views.token_list, name="token_list"),
     path("account/tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
     # issue 15: the run page, composer estimates, teams
@@ -46,4 +57,11 @@ urlpatterns = [
     path("teams/<int:team_id>/members/<int:membership_id>/remove/", team_views.team_remove_member,
          name="team_remove_member"),
     path("teams/<int:team_id>/leave/", team_views.team_leave, name="team_leave"),
+    # issue 15: compare runs
+    path("compare/", compare_views.run_compare, name="run_compare"),
+    # issue 15: archive, delete, rerun
+    path("experiments/<uuid:experiment_id>/archive/", lifecycle_views.experiment_archive, name="experiment_archive"),
+    path("experiments/<uuid:experiment_id>/unarchive/", lifecycle_views.experiment_unarchive,
+         name="experiment_unarchive"),
+    path("experiments/<uuid:experiment_id>/delete/", lifecycle_views.experiment_delete, name="experiment_delete"),
 ]

@@ -23,6 +23,8 @@ from experiments import (
     csv_export,
     experiment_filters,
     leaderboard,
+    lifecycle_selectors,
+    rerun,
     rope_charts,
     selectors,
     services,
@@ -87,9 +89,20 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
         experiment = services.submit_experiment(request.user, composer.cleaned())
         messages.success(request, f"Queued {experiment.runs.count()} runs.")
         return redirect("experiment_detail", experiment_id=experiment.uuid)
-    composer_defaults.apply(composer, request.user)  # an unbound composer opens ready to run
+    # ?from=<uuid>: run an experiment the visitor can see again, with changes (experiments.rerun); a posted
+    # composer keeps what was posted either way
+    wanted = request.GET.get("from")
+    source = rerun.source_experiment(request.user, wanted) if wanted else None
+    if source is not None:
+        rerun.apply(composer, request.user, source)
+    else:
+        if wanted and request.method == "GET":
+            messages.warning(request, "There is no experiment of yours to run again at that address; "
+                                      "here is a new one instead.")
+        composer_defaults.apply(composer, request.user)  # an unbound composer opens ready to run
     return render(request, "experiments/composer.html", {
         "composer": composer,
+        "rerun_of": source,
         "families": list(FAMILIES.values()),
         "training_presets": TRAINING_PRESETS,
         **composer_defaults.page_context(request.user, composer),
@@ -110,6 +123,7 @@ def experiment_detail(request: HttpRequest, experiment_id: str) -> HttpResponse:
         "experiment": experiment,
         "detail": detail,
         "can_submit": can_submit(request.user, experiment.team),
+        "lifecycle": lifecycle_selectors.actions_for(request.user, experiment),
         "suite": suite,
         "has_search": any(run.method.family in SEARCH_MODES for run in detail.runs),
         "training_on": experiment.training.get("mode", "none") != "none",

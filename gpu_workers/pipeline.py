@@ -33,7 +33,7 @@ LOAD_SHARE = 0.1
 Progress = Callable[[float, str], None]
 
 
-def _checkpoint(reporter: Reporter) -> None:
+def _stop_if_cancelled(reporter: Reporter) -> None:
     if reporter.should_stop():
         raise Cancelled()
 
@@ -373,7 +373,7 @@ def run(spec: RunSpec, outer: Reporter) -> None:
     reporter.progress(0.0, f"loading {spec.model_source} on {placement.device} ({dtype})")
     loaded = load(spec.model_source, spec.method, spec.target_length, placement)
     reporter.log(f"method {spec.method.family} {loaded.params}; rope_parameters {loaded.model.config.rope_parameters}")
-    _checkpoint(reporter)
+    _stop_if_cancelled(reporter)
     facts = protocols.for_loaded(spec, loaded, placement)
     reporter.protocol(facts)
     keys = facts["keys"]
@@ -404,7 +404,7 @@ def run(spec: RunSpec, outer: Reporter) -> None:
         start += share
         reporter.key = keys.get(name)
         progress(0.0, "starting")
-        _checkpoint(reporter)
+        _stop_if_cancelled(reporter)
         if name != "memory":
             devices.reset_peak_memory(placement)
         started = time.perf_counter()

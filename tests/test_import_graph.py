@@ -32,11 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("gpu_workers", "experiments")
 SKIPPED_DIRS = {"migrations", "__pycache__"}
 
-EXPERIMENTS_CYCLES = ("services → reporter → services, services → tasks → services and tasks → length_stats → "
-                      "tasks")
-"""Known on the web side (through lazy imports) until the worker side of a run moves to one bridge module."""
-
-
 def module_files(package: str) -> dict[str, Path]:
     """Every module of ``package`` by dotted name (packages by their ``__init__``), migrations left out."""
     found = {}
@@ -223,12 +218,7 @@ def test_no_module_level_import_cycle(package: str) -> None:
     _assert_no_cycle(import_graph(package))
 
 
-@pytest.mark.parametrize("package", [
-    "gpu_workers",
-    pytest.param("experiments", marks=pytest.mark.xfail(
-        strict=True, reason=f"known web-side cycles through lazy imports, {EXPERIMENTS_CYCLES}: remove this mark "
-                            "once the worker side of a run lives in its own module (experiments/worker.py)")),
-])
+@pytest.mark.parametrize("package", PACKAGES)
 def test_no_module_imports_one_that_imports_it_back(package: str) -> None:
     _assert_no_cycle(import_graph(package, lazy=True))
 

@@ -238,6 +238,8 @@ CONTEXTLAB_CORPUS_DIR = env_str("CONTEXTLAB_CORPUS_DIR", "")
 """The built-in corpus's directory on the worker (the RunSpec's dataset ``corpus_dir``); blank = var/demo_corpus."""
 CONTEXTLAB_PAGE_SIZE = max(1, env_int("CONTEXTLAB_PAGE_SIZE", 50))
 """Experiments per page on the dashboard and in ``GET /api/v1/experiments/``."""
+CONTEXTLAB_COMPARE_MAX_RUNS = max(2, env_int("CONTEXTLAB_COMPARE_MAX_RUNS", 200))
+"""Runs one compare page draws at most (its queries do not grow with runs, but the page and charts do)."""
 
 LOGGING = {
     "version": 1,

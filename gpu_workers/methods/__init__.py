@@ -25,7 +25,7 @@ from gpu_workers.methods import (
 from gpu_workers.methods.attention_temperature import MODIFIERS, with_modifiers
 from gpu_workers.methods.base import Family, MethodError, Param, RopeFacts, RopeSetup, coerce, default_factor
 
-_SEARCHES = (longrope_search.FAMILY, longrope_search.FAMILY2)
+_SEARCHES = (longrope_search.LONGROPE, longrope_search.LONGROPE2)
 FAMILIES: dict[str, Family] = {
     family.name: family if family in _SEARCHES else replace(family, params=family.params + MODIFIERS)
     for family in (

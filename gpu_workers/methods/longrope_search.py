@@ -75,7 +75,7 @@ def build(base: RopeFacts, target_length: int, params: dict[str, Any]) -> RopeSe
     return longrope.build(base, target_length, {"factor": params["factor"]})
 
 
-FAMILY = Family(
+LONGROPE = Family(
     name="longrope_search",
     label="LongRoPE search",
     help="LongRoPE (Ding et al. 2024): evolutionary search of per-dimension factors, fitness = perplexity at the "
@@ -85,7 +85,7 @@ FAMILY = Family(
     check=_checker("longrope"),
     length_dependent=True,
 )
-FAMILY2 = Family(
+LONGROPE2 = Family(
     name="longrope2_search",
     label="LongRoPE2 search",
     help="LongRoPE2 (Shang et al. 2025): factors below the critical dimension follow NTK, those above are searched "

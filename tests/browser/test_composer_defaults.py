@@ -1,7 +1,8 @@
 """The composer opens ready to run on the demo: defaults, the model's facts beside the selector, and one click.
 
-No worker: the runs' tasks are not sent (``apply_async`` is mocked); this checks that the page as it opens is a
-valid experiment (the README's "press *Run*") and that its script keeps target, name and facts in step.
+No worker: the runs' tasks are not sent (the Celery app's ``send_task`` is mocked); this checks that the page as
+it opens is a valid experiment (the README's "press *Run*") and that its script keeps target, name and facts in
+step.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def test_composer_defaults_and_one_click_run(page: Any, live_server: Any) -> Non
     page.select_option("select[name=base_model]", str(demo.pk))
     expect(target).to_have_value("1024")
 
-    with mock.patch("experiments.tasks.execute_run.apply_async") as sent:
+    with mock.patch("webapp.celery.app.send_task") as sent:
         page.click("#run-button")
         page.wait_for_url("**/experiments/*/", timeout=60_000)
     experiment = Experiment.objects.get()

@@ -1,6 +1,6 @@
 """Fixtures for the web tests: a tiny model config, small data, a team with four kinds of people.
 
-Nothing here reaches a broker (the run and length-statistics tasks' ``apply_async`` are mocked for every test;
+Nothing here reaches a broker (the Celery app's ``send_task`` is mocked for every test, one mock per task name;
 fixtures store a dataset's token lengths in-process, as a worker would after registration), and model
 sources are config-only directories (plus the demo tokenizer, which the dataset-length check needs),
 except ``weights_dir``: a small random Llama with weights, for the checkpoint export tests.
@@ -22,6 +22,7 @@ from django.test import Client
 from experiments.models import BaseModel, Dataset, Experiment, Membership, Team
 from gpu_workers.demo import DEMO_MODEL_DIR
 from tests.web.factories import login, make_experiment, make_user
+from webapp.celery import LENGTH_STATS_TASK, RUN_TASK
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 WORDS = (
@@ -202,17 +203,28 @@ def model_roots(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> list
 
 
 @pytest.fixture(autouse=True)
-def no_broker() -> Any:
-    """Never talk to a broker from these tests; tests that care inspect this mock."""
-    with mock.patch("experiments.tasks.execute_run.apply_async") as apply_async:
-        yield apply_async
+def sent_tasks() -> Any:
+    """Never talk to a broker from these tests: every task is sent by name through ``app.send_task``, which
+    hands each send to a mock per task name (without the name: the call is ``args=…, task_id=…, queue=…``)."""
+    by_name = {RUN_TASK: mock.Mock(), LENGTH_STATS_TASK: mock.Mock()}
+
+    def send_task(name: str, *args: Any, **kwargs: Any) -> Any:
+        return by_name[name](*args, **kwargs)
+
+    with mock.patch("webapp.celery.app.send_task", side_effect=send_task):
+        yield by_name
 
 
 @pytest.fixture(autouse=True)
-def length_stats_broker() -> Any:
+def no_broker(sent_tasks: dict[str, mock.Mock]) -> Any:
+    """The run task's sends; tests that care inspect this mock."""
+    return sent_tasks[RUN_TASK]
+
+
+@pytest.fixture(autouse=True)
+def length_stats_broker(sent_tasks: dict[str, mock.Mock]) -> Any:
     """The measuring task's sends, mocked the same way (fixtures measure in-process: ``measure_lengths``)."""
-    with mock.patch("experiments.tasks.measure_dataset_lengths.apply_async") as apply_async:
-        yield apply_async
+    return sent_tasks[LENGTH_STATS_TASK]
 
 
 @pytest.fixture

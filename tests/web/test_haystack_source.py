@@ -7,7 +7,7 @@ from typing import Any
 from django.urls import reverse
 from django.utils import timezone
 
-from experiments import selectors, services
+from experiments import selectors, services, worker
 from experiments.forms import Composer
 from experiments.models import BaseModel, Dataset, Measurement, Run
 from tests.web.factories import login, make_experiment
@@ -112,12 +112,12 @@ def test_a_run_records_the_source_it_read_and_the_heatmap_says_so(owner: Any, te
     first, second = experiment.runs.order_by("id")
     spec = services.run_spec_for(first)
     assert spec.dataset.haystack_source == "prose"
-    services.record_haystack_source(str(first.uuid), spec)
+    worker.record_haystack_source(str(first.uuid), spec)
     first.refresh_from_db()
     assert first.haystack_source == "prose"
     dataset.haystack_source = "code"  # a later change does not rewrite what the first run used
     dataset.save()
-    services.record_haystack_source(str(second.uuid), services.run_spec_for(second))
+    worker.record_haystack_source(str(second.uuid), services.run_spec_for(second))
     for run, exact in ((first, 1.0), (second, 0.5)):
         Measurement.objects.create(run=run, metric="needle_exact", value=exact, context_length=256, depth=0.5,
                                    samples=3)
@@ -144,6 +144,6 @@ def test_runs_without_a_needle_evaluation_record_no_source(owner: Any, team: Any
                                                            dataset: Dataset) -> None:
     experiment = make_experiment(team, owner, base_model, dataset, status=Run.Status.RUNNING)
     run = experiment.runs.get()
-    services.record_haystack_source(str(run.uuid), services.run_spec_for(run))
+    worker.record_haystack_source(str(run.uuid), services.run_spec_for(run))
     run.refresh_from_db()
     assert run.haystack_source == ""

@@ -1,7 +1,7 @@
 """The run page: whole log, attempts, artifacts, spec, and the traceback for members only.
 
-The worker side is driven through the same services and reporter the Celery task uses (claim, log, finish,
-retry, sweep), so what the page shows is what a real attempt records.
+The worker side is driven through the same code the Celery task uses (``experiments.worker``: claim, log,
+finish; ``services``: retry, sweep), so what the page shows is what a real attempt records.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from experiments import services
 from experiments.models import Artifact, Experiment, Run, RunAttempt, RunLogChunk
-from experiments.reporter import DbReporter
+from experiments.worker import DbReporter, claim_run, finish_run, write_log
 from tests.web.factories import login
 
 PAGES = ("run_detail", "run_log_text", "run_log_json")
@@ -31,8 +31,8 @@ def queued_run(experiment: Experiment) -> Run:
 
 
 def fail_an_attempt(run: Run, worker: str = "gpu-box-1") -> Run:
-    """Claim, log past the tail, and fail with a traceback, as ``services.execute_run`` does."""
-    assert services.claim_run(str(run.uuid), worker)
+    """Claim, log past the tail, and fail with a traceback, as ``experiments.worker.execute_run`` does."""
+    assert claim_run(str(run.uuid), worker)
     reporter = DbReporter(str(run.uuid), tail_lines=3)
     for i in range(6):
         reporter.log(f"line {i}")
@@ -44,8 +44,8 @@ def fail_an_attempt(run: Run, worker: str = "gpu-box-1") -> Run:
     except RuntimeError:
         import traceback
 
-        services.finish_run(str(run.uuid), Run.Status.FAILED, error="RuntimeError: CUDA out of memory",
-                            trace=traceback.format_exc())
+        finish_run(str(run.uuid), Run.Status.FAILED, error="RuntimeError: CUDA out of memory",
+                   trace=traceback.format_exc())
     run.refresh_from_db()
     return run
 
@@ -106,14 +106,14 @@ def test_whole_log_kept_while_the_tail_stays_short(owner: Any, experiment: Exper
 def test_late_writes_from_a_finished_attempt_are_dropped(experiment: Experiment) -> None:
     run = fail_an_attempt(queued_run(experiment))
     before = RunLogChunk.objects.filter(run=run).count()
-    services.write_log(str(run.uuid), "tail", ["too late"])
+    write_log(str(run.uuid), "tail", ["too late"])
     assert RunLogChunk.objects.filter(run=run).count() == before
 
 
 def test_last_progress_message_settles_when_the_block_ends(experiment: Experiment, settings: Any) -> None:
     settings.CONTEXTLAB_HEARTBEAT_INTERVAL = 60
     run = queued_run(experiment)
-    assert services.claim_run(str(run.uuid), "w")
+    assert claim_run(str(run.uuid), "w")
     reporter = DbReporter(str(run.uuid))
     with reporter.heartbeat():
         reporter.log("start")
@@ -131,10 +131,10 @@ def test_each_claim_is_an_attempt_and_a_retry_keeps_the_history(owner: Any, expe
     first_uuid = run.uuid
     with django_capture_on_commit_callbacks(execute=False):
         run = services.retry_run(owner, run)
-    assert services.claim_run(str(run.uuid), "gpu-box-2")
-    assert not services.claim_run(str(run.uuid), "gpu-box-3"), "a duplicate delivery is not an attempt"
+    assert claim_run(str(run.uuid), "gpu-box-2")
+    assert not claim_run(str(run.uuid), "gpu-box-3"), "a duplicate delivery is not an attempt"
     DbReporter(str(run.uuid)).log("second attempt's line")
-    services.finish_run(str(run.uuid), Run.Status.SUCCEEDED)
+    finish_run(str(run.uuid), Run.Status.SUCCEEDED)
 
     attempts = list(RunAttempt.objects.filter(run=run))
     assert [(a.number, a.worker, a.outcome) for a in attempts] == [(1, "gpu-box-1", "failed"),
@@ -158,7 +158,7 @@ def test_each_claim_is_an_attempt_and_a_retry_keeps_the_history(owner: Any, expe
 
 def test_a_swept_attempt_is_closed(experiment: Experiment, settings: Any) -> None:
     run = queued_run(experiment)
-    assert services.claim_run(str(run.uuid), "w")
+    assert claim_run(str(run.uuid), "w")
     Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
     assert services.sweep_stale_runs() == 1
     attempt = RunAttempt.objects.get(run=run)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-from experiments import selectors, services
+from experiments import selectors, worker
 from experiments.models import Artifact, BaseModel, Dataset, Experiment, Measurement, Method, Run
 from tests.web.factories import login, make_experiment, method
 from tests.web.test_forms import composer_post
@@ -37,12 +37,12 @@ def test_a_finished_search_is_saved_as_a_longrope_method_of_the_team(team: Any, 
     summary = tmp_path / "search_result.json"
     summary.write_text(json.dumps({"method_params": {"factor": 4.0, "long_factor": factors, "attention_factor": 1.1}}))
     Artifact.objects.create(run=run, kind="search_result", path=str(summary))
-    saved = services.save_searched_method(run)
+    saved = worker.save_searched_method(run)
     assert saved is not None and saved.family == "longrope" and saved.team == team
     assert saved.params["long_factor"] == factors and "searched in “Exp”" in saved.name
     run.refresh_from_db()
     assert run.produced_method == saved
-    assert services.save_searched_method(run) == saved, "saving twice finds the same method"
+    assert worker.save_searched_method(run) == saved, "saving twice finds the same method"
     assert Method.objects.filter(family="longrope").count() == 1
     page = login(owner).get(reverse("experiment_detail", args=[run.experiment.uuid])).content.decode()
     assert reverse("method_detail", args=[saved.pk]) in page and "Saved as a LongRoPE method" in page
@@ -51,9 +51,9 @@ def test_a_finished_search_is_saved_as_a_longrope_method_of_the_team(team: Any, 
 def test_a_search_without_a_result_file_saves_nothing(team: Any, owner: Any, base_model: BaseModel,
                                                       dataset: Dataset, tmp_path: Path) -> None:
     run = _search_run(team, owner, base_model, dataset)
-    assert services.save_searched_method(run) is None
+    assert worker.save_searched_method(run) is None
     Artifact.objects.create(run=run, kind="search_result", path=str(tmp_path / "gone.json"))
-    assert services.save_searched_method(run) is None
+    assert worker.save_searched_method(run) is None
 
 
 def test_search_progress_is_charted(team: Any, owner: Any, base_model: BaseModel, dataset: Dataset) -> None:

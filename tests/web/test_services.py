@@ -1,4 +1,5 @@
-"""The writer: submitting, claiming, reporting, finishing, cancelling, retrying and sweeping runs."""
+"""The writers (``services`` on the web side, ``worker`` on the worker side): submitting, claiming, reporting,
+finishing, cancelling, retrying and sweeping runs."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
 import gpu_workers
-from experiments import services
+from experiments import services, worker
 from experiments.models import Experiment, Measurement, Method, Run
-from experiments.reporter import DbReporter
+from experiments.worker import DbReporter
 from gpu_workers.reporter import Cancelled
 from gpu_workers.reporter import Measurement as Reported
 
@@ -102,8 +103,8 @@ def test_broker_failure_fails_the_run_visibly(queued: Experiment, no_broker: Any
 
 def test_claim_is_idempotent(queued: Experiment) -> None:
     run = queued.runs.first()
-    assert services.claim_run(str(run.uuid), "w1") is True
-    assert services.claim_run(str(run.uuid), "w2") is False
+    assert worker.claim_run(str(run.uuid), "w1") is True
+    assert worker.claim_run(str(run.uuid), "w2") is False
     run.refresh_from_db()
     assert run.status == Status.RUNNING and run.worker == "w1"
     assert run.started_at is not None and run.heartbeat_at is not None
@@ -113,8 +114,8 @@ def test_duplicate_delivery_does_not_rerun(queued: Experiment, monkeypatch: pyte
     calls = []
     fake_pipeline(monkeypatch, lambda spec, reporter: calls.append(spec.run_id))
     run = queued.runs.first()
-    assert services.execute_run(str(run.uuid), "w1") == Status.SUCCEEDED
-    assert services.execute_run(str(run.uuid), "w1") == "skipped"
+    assert worker.execute_run(str(run.uuid), "w1") == Status.SUCCEEDED
+    assert worker.execute_run(str(run.uuid), "w1") == "skipped"
     assert calls == [str(run.uuid)]
 
 
@@ -135,7 +136,7 @@ def test_execute_run_records_progress_measurements_and_success(
 
     fake_pipeline(monkeypatch, pipeline)
     run = queued.runs.order_by("id").last()
-    assert services.execute_run(str(run.uuid), "gpu-1") == Status.SUCCEEDED
+    assert worker.execute_run(str(run.uuid), "gpu-1") == Status.SUCCEEDED
     run.refresh_from_db()
     assert run.status == Status.SUCCEEDED and run.progress == 1.0 and run.finished_at is not None
     assert run.log_lines == ["attempt 1 on gpu-1", "loading", "method pi", "perplexity: 3/3 windows"]
@@ -158,8 +159,8 @@ def test_failing_pipeline_fails_only_its_run(queued: Experiment, monkeypatch: py
 
     fake_pipeline(monkeypatch, pipeline)
     baseline, pi = queued.runs.order_by("id")
-    assert services.execute_run(str(pi.uuid), "w") == Status.FAILED
-    assert services.execute_run(str(baseline.uuid), "w") == Status.SUCCEEDED
+    assert worker.execute_run(str(pi.uuid), "w") == Status.FAILED
+    assert worker.execute_run(str(baseline.uuid), "w") == Status.SUCCEEDED
     pi.refresh_from_db()
     baseline.refresh_from_db()
     assert pi.status == Status.FAILED and pi.error == "RuntimeError: CUDA out of memory"
@@ -182,7 +183,7 @@ def test_cancelled_pipeline_ends_cancelled(monkeypatch: pytest.MonkeyPatch, owne
             time.sleep(0.01)
 
     fake_pipeline(monkeypatch, pipeline)
-    assert services.execute_run(str(run.uuid), "w") == Status.CANCELLED
+    assert worker.execute_run(str(run.uuid), "w") == Status.CANCELLED
     run.refresh_from_db()
     assert run.status == Status.CANCELLED and run.finished_at is not None
 
@@ -193,12 +194,12 @@ def test_cancelled_pipeline_ends_cancelled(monkeypatch: pytest.MonkeyPatch, owne
 def test_cancel_queued_is_immediate_and_blocks_the_claim(queued: Experiment, owner: Any) -> None:
     run = services.cancel_run(owner, queued.runs.first())
     assert run.status == Status.CANCELLED and run.finished_at is not None
-    assert services.claim_run(str(run.uuid), "w") is False
+    assert worker.claim_run(str(run.uuid), "w") is False
 
 
 def test_cancel_running_sets_the_flag_the_reporter_reads(queued: Experiment, teammate: Any) -> None:
     run = queued.runs.first()
-    services.claim_run(str(run.uuid), "w")
+    worker.claim_run(str(run.uuid), "w")
     reporter = DbReporter(str(run.uuid))
     assert reporter.should_stop() is False
     run = services.cancel_run(teammate, run)
@@ -223,7 +224,7 @@ def test_retry_makes_a_new_attempt_with_a_fresh_task_id(
     fake_pipeline(monkeypatch, pipeline)
     run = queued.runs.first()
     old_uuid = str(run.uuid)
-    services.execute_run(old_uuid, "w")
+    worker.execute_run(old_uuid, "w")
     run.refresh_from_db()
     assert run.status == Status.FAILED and run.measurements.count() == 1
     with django_capture_on_commit_callbacks(execute=True):
@@ -232,7 +233,7 @@ def test_retry_makes_a_new_attempt_with_a_fresh_task_id(
     assert str(run.uuid) != old_uuid
     assert run.error == "" and run.log_tail == "" and run.measurements.count() == 0
     assert no_broker.call_args.kwargs["task_id"] == str(run.uuid)
-    assert services.claim_run(old_uuid, "late duplicate") is False, "the old attempt's message finds nothing"
+    assert worker.claim_run(old_uuid, "late duplicate") is False, "the old attempt's message finds nothing"
     # Retrying something that is not failed or cancelled changes nothing.
     assert services.retry_run(owner, run).attempt == 2
 
@@ -242,13 +243,13 @@ def test_retry_makes_a_new_attempt_with_a_fresh_task_id(
 
 def test_reporter_keeps_a_bounded_tail_and_ignores_writes_after_the_run_ended(queued: Experiment) -> None:
     run = queued.runs.first()
-    services.claim_run(str(run.uuid), "w")
+    worker.claim_run(str(run.uuid), "w")
     reporter = DbReporter(str(run.uuid), tail_lines=5)
     for i in range(12):
         reporter.log(f"line {i}")
     run.refresh_from_db()
     assert run.log_lines == [f"line {i}" for i in range(7, 12)]
-    services.finish_run(str(run.uuid), Status.FAILED, "swept")
+    worker.finish_run(str(run.uuid), Status.FAILED, "swept")
     reporter.log("late line")
     reporter.measurement(Reported("perplexity", 1.0, context_length=256))
     run.refresh_from_db()
@@ -259,7 +260,7 @@ def test_reporter_keeps_a_bounded_tail_and_ignores_writes_after_the_run_ended(qu
 @pytest.mark.django_db(transaction=True)
 def test_heartbeat_thread_beats_while_running(owner: Any, team: Any, base_model: Any, dataset: Any) -> None:
     run = submit(owner, team, base_model, dataset).runs.first()
-    services.claim_run(str(run.uuid), "w")
+    worker.claim_run(str(run.uuid), "w")
     Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
     reporter = DbReporter(str(run.uuid))
     with reporter.heartbeat(interval=0.05):
@@ -279,7 +280,7 @@ def test_sweeper_fails_stale_runs_and_leaves_fresh_ones(queued: Experiment, sett
     settings.CONTEXTLAB_HEARTBEAT_TIMEOUT = 120
     stale, fresh = queued.runs.order_by("id")
     for run in (stale, fresh):
-        services.claim_run(str(run.uuid), "w")
+        worker.claim_run(str(run.uuid), "w")
     now = timezone.now()
     Run.objects.filter(pk=stale.pk).update(heartbeat_at=now - timedelta(seconds=121))
     Run.objects.filter(pk=fresh.pk).update(heartbeat_at=now - timedelta(seconds=30))
@@ -290,7 +291,7 @@ def test_sweeper_fails_stale_runs_and_leaves_fresh_ones(queued: Experiment, sett
     assert stale.error.startswith("worker lost (no heartbeat since ")
     assert fresh.status == Status.RUNNING
     # The lost worker's late success does not overwrite the verdict.
-    assert services.finish_run(str(stale.uuid), Status.SUCCEEDED) is False
+    assert worker.finish_run(str(stale.uuid), Status.SUCCEEDED) is False
     assert services.sweep_stale_runs(now) == 0
 
 
@@ -302,7 +303,7 @@ def test_sweeper_task_shim(queued: Experiment) -> None:
 
 def test_measurements_for_finished_runs_are_dropped(queued: Experiment) -> None:
     run = queued.runs.first()
-    assert services.record_measurement(str(run.uuid), Reported("perplexity", 3.0)) is None, "queued, not running"
+    assert worker.record_measurement(str(run.uuid), Reported("perplexity", 3.0)) is None, "queued, not running"
     assert Measurement.objects.count() == 0
 
 
@@ -310,7 +311,7 @@ def test_a_steps_measurements_cost_two_queries_whatever_their_number(
     queued: Experiment, django_assert_num_queries: Any
 ) -> None:
     run = queued.runs.first()
-    services.claim_run(str(run.uuid), "w")
+    worker.claim_run(str(run.uuid), "w")
     reporter = DbReporter(str(run.uuid))
     with django_assert_num_queries(0):
         for i in range(200):
@@ -331,7 +332,7 @@ def test_while_the_heartbeat_runs_the_cancel_flag_costs_the_pipeline_no_query(
 
     settings.CONTEXTLAB_CANCEL_POLL_INTERVAL = 0.05
     run = submit(owner, team, base_model, dataset).runs.first()
-    services.claim_run(str(run.uuid), "w")
+    worker.claim_run(str(run.uuid), "w")
     reporter = DbReporter(str(run.uuid))
     with reporter.heartbeat(interval=5):
         with CaptureQueriesContext(connection) as queries:

@@ -20,24 +20,13 @@ from django.http import Http404, QueryDict, StreamingHttpResponse
 from experiments import csv_export, selectors
 from experiments.access import teams_of, visible_base_models
 from experiments.models import BaseModel, Team
+from gpu_workers import catalog
 from gpu_workers.protocol import describe as protocol_text
 
-METRICS = {
-    "perplexity": "perplexity",
-    "longppl": "key-token perplexity (LongPPL)",
-    "passkey_accuracy": "passkey accuracy",
-    "needle_perplexity": "needle-driven perplexity",
-    "ruler_average": "RULER average",
-    "ruler_effective_length": "RULER effective length (tokens)",
-    "retention_perplexity": "short-context retention (base ppl ÷ ppl)",
-}
-METRIC_EVALUATIONS = {
-    "perplexity": "perplexity", "longppl": "longppl", "passkey_accuracy": "passkey",
-    "needle_perplexity": "needle_perplexity", "ruler_average": "ruler", "ruler_effective_length": "ruler",
-    "retention_perplexity": "retention",
-}
+METRICS = catalog.metric_labels(catalog.RANKED_METRICS)
+"""The Ranking view's metrics, ``{key: label}`` (:data:`gpu_workers.catalog.RANKED_METRICS`)."""
+METRIC_EVALUATIONS = {m.key: m.evaluation for m in catalog.RANKED_METRICS}
 """Which evaluation's protocol a metric is measured under."""
-assert set(METRIC_EVALUATIONS) == set(METRICS)
 
 
 @dataclass
@@ -92,22 +81,27 @@ class LeaderboardQuery:
         }
 
 
-def _int(raw: str | None) -> int | None:
+def int_param(raw: str | None) -> int | None:
+    """A query-string integer, or None when it is missing or malformed (the caller's default applies)."""
     try:
         return int(raw) if raw not in (None, "") else None
     except ValueError:
         return None
 
 
-def resolve(user: Any, query: QueryDict) -> LeaderboardQuery:
+def team_scope(user: Any, raw: str) -> tuple[QuerySet[Team], Team | None, QuerySet[Team]]:
+    """The user's teams, the team *raw* names (by id or name; a team outside theirs is a 404) and the teams to read."""
     my_teams = teams_of(user)
     team = None
-    team_raw = query.get("team") or ""
-    if team_raw:
-        team = my_teams.filter(pk=_int(team_raw)).first() if _int(team_raw) else my_teams.filter(name=team_raw).first()
+    if raw:
+        team = my_teams.filter(pk=int_param(raw)).first() if int_param(raw) else my_teams.filter(name=raw).first()
         if team is None:
             raise Http404("No such team.")
-    teams = my_teams.filter(pk=team.pk) if team else my_teams
+    return my_teams, team, my_teams.filter(pk=team.pk) if team else my_teams
+
+
+def resolve(user: Any, query: QueryDict) -> LeaderboardQuery:
+    my_teams, team, teams = team_scope(user, query.get("team") or "")
     base_models = list(visible_base_models(user))
     base_raw = query.get("base_model") or ""
     base_model = None
@@ -123,7 +117,7 @@ def resolve(user: Any, query: QueryDict) -> LeaderboardQuery:
     if metric not in METRICS:
         metric = "perplexity"
     lengths = selectors.leaderboard_lengths(teams, base_model, metric) if base_model else []
-    length = _int(query.get("context_length"))
+    length = int_param(query.get("context_length"))
     if length is None and lengths:
         length = lengths[-1]
     if metric in selectors.LENGTH_FREE_METRICS:

@@ -9,6 +9,9 @@ message; delete asks first (GET: what would be removed), then removes on POST an
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
@@ -17,30 +20,34 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from experiments import lifecycle_selectors, lifecycle_services
 from experiments.access import experiment_for
+from experiments.models import Experiment
+
+
+def _set_archived(request: HttpRequest, experiment_id: str, change: Callable[[Any, Experiment], bool], done: str,
+                  unchanged: str) -> HttpResponse:
+    """Apply *change*; say *done* when it changed something and *unchanged* otherwise (``{name}`` filled in)."""
+    experiment = experiment_for(request.user, experiment_id)
+    if change(request.user, experiment):
+        messages.success(request, done.format(name=experiment.name))
+    else:
+        messages.info(request, unchanged.format(name=experiment.name))
+    return redirect("experiment_detail", experiment_id=experiment.uuid)
 
 
 @login_required
 @require_POST
 def experiment_archive(request: HttpRequest, experiment_id: str) -> HttpResponse:
-    experiment = experiment_for(request.user, experiment_id)
-    if lifecycle_services.archive_experiment(request.user, experiment):
-        messages.success(request, f"Archived “{experiment.name}”: it is hidden from the experiment list and the "
-                                  f"leaderboard, and stays here at its address and in its exports.")
-    else:
-        messages.info(request, f"“{experiment.name}” was already archived.")
-    return redirect("experiment_detail", experiment_id=experiment.uuid)
+    return _set_archived(request, experiment_id, lifecycle_services.archive_experiment,
+                         "Archived “{name}”: it is hidden from the experiment list and the leaderboard, and stays "
+                         "here at its address and in its exports.", "“{name}” was already archived.")
 
 
 @login_required
 @require_POST
 def experiment_unarchive(request: HttpRequest, experiment_id: str) -> HttpResponse:
-    experiment = experiment_for(request.user, experiment_id)
-    if lifecycle_services.unarchive_experiment(request.user, experiment):
-        messages.success(request, f"Unarchived “{experiment.name}”: it is back in the experiment list and the "
-                                  f"leaderboard.")
-    else:
-        messages.info(request, f"“{experiment.name}” was not archived.")
-    return redirect("experiment_detail", experiment_id=experiment.uuid)
+    return _set_archived(request, experiment_id, lifecycle_services.unarchive_experiment,
+                         "Unarchived “{name}”: it is back in the experiment list and the leaderboard.",
+                         "“{name}” was not archived.")
 
 
 @login_required

@@ -19,18 +19,17 @@ from typing import Any
 from django.http import Http404, QueryDict, StreamingHttpResponse
 
 from experiments import csv_export, pivot_selectors
-from experiments.access import teams_of, visible_base_models
-from experiments.leaderboard import METRIC_EVALUATIONS, METRICS
+from experiments.access import visible_base_models
+from experiments.leaderboard import int_param, team_scope
 from experiments.models import BaseModel, Dataset, Team, params_hash
-from experiments.selectors import LENGTH_FREE_METRICS, LOWER_IS_BETTER, ProtocolChoice
+from experiments.selectors import LOWER_IS_BETTER, ProtocolChoice
+from gpu_workers import catalog
 from gpu_workers.protocol import describe as protocol_text
 
-PIVOT_METRICS = {
-    **{k: v for k, v in METRICS.items() if k not in LENGTH_FREE_METRICS},
-    "needle_exact": "needle exact match (mean over depths)",
-    "forward_seconds": "prefill time (s)",
-}
-PIVOT_EVALUATIONS = {**METRIC_EVALUATIONS, "needle_exact": "needle", "forward_seconds": "memory"}
+PIVOT_METRICS = catalog.metric_labels(catalog.PIVOT_METRICS)
+"""The by-length view's metrics, ``{key: label}`` (:data:`gpu_workers.catalog.PIVOT_METRICS`)."""
+PIVOT_EVALUATIONS = {m.key: m.evaluation for m in (*catalog.PIVOT_METRICS, *catalog.SUMMARY_METRICS)}
+"""Which evaluation's protocol a metric is measured under."""
 
 
 @dataclass(frozen=True)
@@ -41,18 +40,10 @@ class SummaryColumn:
     """True: measured at the chosen length; False: once per run (effective length)."""
 
 
-SUMMARY_COLUMNS = (
-    SummaryColumn("perplexity", "perplexity", True),
-    SummaryColumn("longppl", "LongPPL", True),
-    SummaryColumn("passkey_accuracy", "passkey", True),
-    SummaryColumn("needle_exact", "needle", True),
-    SummaryColumn("ruler_average", "RULER avg", True),
-    SummaryColumn("ruler_effective_length", "RULER eff. length", False),
-    SummaryColumn("retention_perplexity", "retention", False),
-    SummaryColumn("forward_seconds", "prefill s", True),
-)
-"""The summary view's columns. Retention is measured inside the original context, at lengths of its own: its
-column averages every length it has."""
+SUMMARY_COLUMNS = tuple(SummaryColumn(m.key, m.summary, m.lengths == catalog.AT_EVAL_LENGTHS)
+                        for m in catalog.SUMMARY_METRICS)
+"""The summary view's columns (:data:`gpu_workers.catalog.SUMMARY_METRICS`). Retention is measured inside the
+original context, at lengths of its own: its column averages every length it has."""
 
 VIEWS = {"length": "by length", "summary": "summary"}
 FIXED_COLUMNS = ("method", "family", "parameters", "runs")
@@ -162,13 +153,6 @@ class PivotQuery:
         }
 
 
-def _int(raw: str | None) -> int | None:
-    try:
-        return int(raw) if raw not in (None, "") else None
-    except ValueError:
-        return None
-
-
 def _pick(options: list[Any], raw: str, what: str) -> Any:
     if not raw:
         return options[0] if options else None
@@ -180,13 +164,7 @@ def _pick(options: list[Any], raw: str, what: str) -> Any:
 
 def resolve(user: Any, query: QueryDict) -> PivotQuery:
     """The filters, with defaults, and the table they select."""
-    my_teams = teams_of(user)
-    team = None
-    if query.get("team"):
-        team = my_teams.filter(pk=_int(query.get("team"))).first()
-        if team is None:
-            raise Http404("No such team.")
-    teams = my_teams.filter(pk=team.pk) if team else my_teams
+    my_teams, team, teams = team_scope(user, query.get("team") or "")
     base_models = list(visible_base_models(user))
     base_model = _pick(base_models, query.get("base_model") or "", "base model")
     datasets = pivot_selectors.datasets(teams, base_model) if base_model else []
@@ -206,7 +184,7 @@ def resolve(user: Any, query: QueryDict) -> PivotQuery:
     training = chosen[2]
     if view == "summary":
         result.lengths = pivot_selectors.lengths(teams, base_model, dataset, training, "perplexity")
-        result.length = _int(query.get("length"))
+        result.length = int_param(query.get("length"))
         if result.length not in result.lengths:
             result.length = result.lengths[-1] if result.lengths else None
         result.table = summary_table(teams, base_model, dataset, training, result.length)
@@ -330,7 +308,7 @@ def _chart(table: PivotTable, lengths: list[int], metric: str) -> dict[str, Any]
         xs = [n for n, c in zip(lengths, row.cells, strict=True) if c.value is not None]
         ys = [c.value for c in row.cells if c.value is not None]
         traces.append({"name": row.method, "x": xs, "y": ys, "type": "scatter", "mode": "lines+markers"})
-    return {"traces": traces, "metric": PIVOT_METRICS[metric], "log_y": metric in {"perplexity", "longppl"}}
+    return {"traces": traces, "metric": PIVOT_METRICS[metric], "log_y": catalog.METRICS[metric].log_scale}
 
 
 def csv_response(query: PivotQuery) -> StreamingHttpResponse:

@@ -6,6 +6,9 @@ Anyone in the run's team sees the page; the traceback of a failure is shown to m
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
@@ -26,23 +29,28 @@ def _attempt(request: HttpRequest, run: Run) -> int:
     return number if 1 <= number <= run.attempt else run.attempt
 
 
-def _run_or_redirect(request: HttpRequest, run_id: str, view: str) -> Run | HttpResponse:
-    """The run, or a redirect to it when *run_id* was the task id of one of its earlier attempts."""
-    try:
-        return run_for(request.user, run_id)
-    except Http404:
-        earlier = run_selectors.run_of_attempt(request.user, run_id)
-        if earlier is None:
-            raise
-        return redirect(f"{reverse(view, args=[earlier.run.uuid])}?attempt={earlier.number}")
+def _run_view(view: Callable[[HttpRequest, Run], HttpResponse]) -> Callable[[HttpRequest, str], HttpResponse]:
+    """Give *view* the run; a task id of one of its earlier attempts redirects to the run's own address with
+    ``?attempt=`` (old links in logs and the API keep working)."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, run_id: str) -> HttpResponse:
+        try:
+            run = run_for(request.user, run_id)
+        except Http404:
+            earlier = run_selectors.run_of_attempt(request.user, run_id)
+            if earlier is None:
+                raise
+            return redirect(f"{reverse(view.__name__, args=[earlier.run.uuid])}?attempt={earlier.number}")
+        return view(request, run)
+
+    return wrapped
 
 
 @login_required
 @require_GET
-def run_detail(request: HttpRequest, run_id: str) -> HttpResponse:
-    run = _run_or_redirect(request, run_id, "run_detail")
-    if isinstance(run, HttpResponse):
-        return run
+@_run_view
+def run_detail(request: HttpRequest, run: Run) -> HttpResponse:
     page = run_selectors.run_page(run, _attempt(request, run))
     return render(request, "experiments/run_detail.html", {
         "page": page,
@@ -55,11 +63,9 @@ def run_detail(request: HttpRequest, run_id: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def run_log_text(request: HttpRequest, run_id: str) -> HttpResponse:
+@_run_view
+def run_log_text(request: HttpRequest, run: Run) -> HttpResponse:
     """One attempt's whole log as plain text, streamed."""
-    run = _run_or_redirect(request, run_id, "run_log_text")
-    if isinstance(run, HttpResponse):
-        return run
     attempt = _attempt(request, run)
     response = StreamingHttpResponse(run_selectors.log_lines(run, attempt), content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'inline; filename="run-{run.uuid}-attempt-{attempt}.log"'

@@ -7,6 +7,10 @@ back to the page with the reason as a message.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
@@ -14,7 +18,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from experiments import team_selectors, team_services
-from experiments.models import Membership
+from experiments.models import Membership, Team
 from experiments.team_forms import AddMemberForm, RoleForm, TeamForm
 
 
@@ -55,22 +59,29 @@ def team_detail(request: HttpRequest, team_id: int) -> HttpResponse:
     })
 
 
+def _change(request: HttpRequest, team: Team, form: forms.Form, invalid: str,
+            change: Callable[[dict[str, Any]], Membership], done: Callable[[Membership], str]) -> HttpResponse:
+    """Validate *form*, apply *change* to its data, and say how it went on the team page (refusals included)."""
+    if not form.is_valid():
+        messages.error(request, invalid)
+    else:
+        try:
+            changed = change(form.cleaned_data)
+        except team_services.TeamChangeRefused as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, done(changed))
+    return redirect("team_detail", team_id=team.pk)
+
+
 @login_required
 @require_POST
 def team_add_member(request: HttpRequest, team_id: int) -> HttpResponse:
     team = team_selectors.my_membership(request.user, team_id).team
     team_services.require_team_admin(request.user, team)
-    form = AddMemberForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, "Give a username and a role.")
-        return redirect("team_detail", team_id=team.pk)
-    try:
-        added = team_services.add_member(request.user, team, form.cleaned_data["username"], form.cleaned_data["role"])
-    except team_services.TeamChangeRefused as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Added {added.user.get_username()} as {added.get_role_display().lower()}.")
-    return redirect("team_detail", team_id=team.pk)
+    return _change(request, team, AddMemberForm(request.POST), "Give a username and a role.",
+                   lambda data: team_services.add_member(request.user, team, data["username"], data["role"]),
+                   lambda added: f"Added {added.user.get_username()} as {added.get_role_display().lower()}.")
 
 
 @login_required
@@ -79,17 +90,9 @@ def team_set_role(request: HttpRequest, team_id: int, membership_id: int) -> Htt
     team = team_selectors.my_membership(request.user, team_id).team
     team_services.require_team_admin(request.user, team)
     membership = team_selectors.membership_in(team, membership_id)
-    form = RoleForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, "Choose viewer, member or admin.")
-        return redirect("team_detail", team_id=team.pk)
-    try:
-        changed = team_services.set_role(request.user, membership, form.cleaned_data["role"])
-    except team_services.TeamChangeRefused as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"{changed.user.get_username()} is now {changed.get_role_display().lower()}.")
-    return redirect("team_detail", team_id=team.pk)
+    return _change(request, team, RoleForm(request.POST), "Choose viewer, member or admin.",
+                   lambda data: team_services.set_role(request.user, membership, data["role"]),
+                   lambda changed: f"{changed.user.get_username()} is now {changed.get_role_display().lower()}.")
 
 
 @login_required

@@ -33,7 +33,7 @@ from experiments.api_auth import api_view
 from experiments.forms import MAX_METHOD_ROWS, BaseModelForm, Composer, EvaluationForm, TrainingForm
 from experiments.models import BaseModel, Dataset, Experiment, Method, Run, Team
 from gpu_workers.methods import FAMILIES
-from gpu_workers.spec import RULER_TASKS, TrainSpec
+from gpu_workers.spec import EvalSpec, TrainSpec
 
 # --- representations ------------------------------------------------------------------------------------
 
@@ -110,13 +110,12 @@ def _pick(queryset: QuerySet[Any], ref: Any, team: Team | None, what: str) -> tu
 
 
 EVALUATION_DEFAULTS: dict[str, Any] = {
-    "suite": ["perplexity"], "protocol": "truncate", "stride": None, "passkey_samples": 20, "passkey_depth": None,
-    "needle_depths": [0, 0.25, 0.5, 0.75, 1], "needle_samples": 2, "needle_format": "passkey",
-    "needle_variant": "single", "needle_count": 4, "ruler_tasks": list(RULER_TASKS), "ruler_samples": 20,
-    "ruler_threshold": 0.85, "ruler_max_new_tokens": 0, "longppl_short_window": 0, "longppl_gain": 2.0,
-    "longppl_bound": 2.0,
+    **{f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+       for f in dataclasses.fields(EvalSpec) if f.name not in ("lengths", "documents")},
+    "stride": None,  # blank: half the model's original context, as in the composer
 }
-"""What an API body's ``evaluations`` falls back to per key; omitted entirely = perplexity only."""
+"""What an API body's ``evaluations`` falls back to per key: :class:`EvalSpec`'s defaults (the suite: perplexity
+only), whose choices (protocols, needle formats and variants) are :mod:`gpu_workers.catalog`'s."""
 
 
 def _evaluation_data(raw: Any, data: dict[str, Any], errors: dict[str, list[str]]) -> None:
@@ -386,9 +385,10 @@ def datasets(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"datasets": [dataset_json(d) for d in visible_datasets(request.user)]})
 
 
-@api_view("GET")
-def methods(request: HttpRequest) -> JsonResponse:
-    families = [
+def families_json() -> list[dict[str, Any]]:
+    """Every method family's schema: its parameters with their defaults (a search row's are
+    :data:`gpu_workers.catalog.SEARCH_DEFAULTS`), what a posted method row without them gets."""
+    return [
         {
             "name": family.name, "label": family.label, "help": family.help, "needs_rope": family.needs_rope,
             "length_dependent": family.length_dependent, "acts_on_attention": family.acts_on_attention,
@@ -401,4 +401,9 @@ def methods(request: HttpRequest) -> JsonResponse:
         }
         for family in FAMILIES.values()
     ]
-    return JsonResponse({"families": families, "methods": [method_json(m) for m in visible_methods(request.user)]})
+
+
+@api_view("GET")
+def methods(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"families": families_json(),
+                         "methods": [method_json(m) for m in visible_methods(request.user)]})

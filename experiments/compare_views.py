@@ -13,10 +13,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from experiments import compare
-from experiments.forms import EVALUATION_LABELS
-
-CHART_EVALUATIONS = ("perplexity", "longppl", "passkey", "needle", "needle_perplexity", "ruler", "retention",
-                     "memory")
+from gpu_workers import catalog
 
 
 @login_required
@@ -30,8 +27,8 @@ def run_compare(request: HttpRequest) -> HttpResponse:
         # What was asked for, kept as asked: a colleague who sees more runs sees them from the same link.
         "run_ids": ",".join(value for value in request.GET.getlist("runs") if value.strip()),
         "share_url": request.build_absolute_uri(),
-        "shown": {name: comparison.shows(name) for name in CHART_EVALUATIONS},
-        "suite_labels": [EVALUATION_LABELS.get(name, name) for name in comparison.suite],
+        "shown": {name: comparison.shows(name) for name in catalog.EVALUATIONS},
+        "suite_labels": [catalog.evaluation_label(name) for name in comparison.suite],
         "has_search": bool(charts["search"]),
         "has_training": bool(charts["train_loss"]),
     })

@@ -11,28 +11,21 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from gpu_workers import catalog
+from gpu_workers.catalog import RULER_GROUPS, RULER_TASKS
 from gpu_workers.data.ruler import TASKS as RULER_TASK_INFO
 from gpu_workers.protocol import describe
-from gpu_workers.spec import RULER_GROUPS, RULER_TASKS
 
-SERIES_METRICS = {
-    "perplexity": "perplexity",
-    "longppl": "longppl",
-    "longppl_key_tokens": "longppl_key_tokens",
-    "ruler_average": "ruler_average",
-    "passkey": "passkey_accuracy",
-    "needle_perplexity": "needle_perplexity",
-    "forward_seconds": "forward_seconds",
-    "kv_cache_mb": "kv_cache_mb",
-    "kv_cache_mb_predicted": "kv_cache_mb_predicted",
-    "peak_memory_mb": "peak_memory_mb",
-}
-RETENTION_METRICS = (
-    "short_perplexity", "short_perplexity_base", "retention_perplexity",
-    "short_passkey", "short_passkey_base", "retention_passkey",
-)
-GRID_METRICS = ("needle_exact", "needle_partial")
-SEARCH_METRICS = ("search_best", "search_median", "search_evaluations", "search_factor", "search_critical_dim")
+
+def _drawn_in(chart: str) -> tuple[str, ...]:
+    return tuple(m.key for m in catalog.METRICS.values() if m.chart == chart)
+
+
+SERIES_METRICS = {m.chart: m.key for m in catalog.METRICS.values() if m.chart and m.chart not in catalog.PANELS}
+"""Line series over the lengths, ``{series name: metric}`` (:attr:`gpu_workers.catalog.Metric.chart`)."""
+RETENTION_METRICS = _drawn_in(catalog.RETENTION_TABLE)
+GRID_METRICS = _drawn_in(catalog.NEEDLE_GRID)
+SEARCH_METRICS = _drawn_in(catalog.SEARCH_PANEL)
 DEFAULT_RULER_THRESHOLD = 0.85
 NOT_RECORDED = "not recorded"
 

@@ -21,7 +21,7 @@ from experiments import length_stats
 from experiments.access import submit_teams_of, visible_base_models, visible_datasets
 from experiments.model_sources import prepare_source
 from experiments.models import BaseModel, Dataset, Team, params_hash
-from gpu_workers import mixed_windows
+from gpu_workers import catalog, mixed_windows
 from gpu_workers.data import builtin_corpus
 from gpu_workers.data.documents import DatasetError, inspect_dataset
 from gpu_workers.data.length_stats import LengthStats
@@ -30,11 +30,7 @@ from gpu_workers.model_facts import ModelSourceError
 from gpu_workers.spec import (
     ALL_SOURCES,
     BUILTIN_HAYSTACK_SOURCE,
-    EVALUATIONS,
     MAX_RULER_SAMPLES,
-    NEEDLE_FORMATS,
-    NEEDLE_VARIANTS,
-    PPL_PROTOCOLS,
     RULER_TASKS,
     DatasetSpec,
     EvalSpec,
@@ -288,8 +284,9 @@ class ExperimentForm(forms.Form):
         a submit never passes unchecked and never tokenizes the corpus in the web process."""
         longest = max(data["eval_lengths"])
         needed = data["eval_documents"]
-        needs_documents = any(e in self.suite for e in ("perplexity", "retention"))
-        needs_haystack = any(e in self.suite for e in ("needle", "needle_perplexity"))
+        wanted = [catalog.EVALUATIONS[e] for e in self.suite if e in catalog.EVALUATIONS]
+        needs_documents = any(e.documents for e in wanted)
+        needs_haystack = any(e.haystack for e in wanted)
         if not (needs_documents or needs_haystack):
             return
         try:
@@ -332,17 +329,7 @@ class ExperimentForm(forms.Form):
             )
 
 
-EVALUATION_LABELS = {
-    "perplexity": "Perplexity against length",
-    "longppl": "Key-token perplexity (LongPPL)",
-    "passkey": "Passkey retrieval",
-    "needle": "Needle-in-a-haystack grid",
-    "needle_perplexity": "Needle-driven perplexity",
-    "ruler": "RULER task set (effective length)",
-    "retention": "Short-context retention",
-    "memory": "Memory and time",
-}
-DEFAULT_SUITE = tuple(e for e in EVALUATIONS if e != "ruler")
+DEFAULT_SUITE = tuple(e.key for e in catalog.EVALUATIONS.values() if e.default)
 """Every evaluation but RULER, whose 13 tasks × lengths × samples of greedy decoding is opt-in."""
 SPEC_FIELD_TO_FORM = {"lengths": "eval_lengths", "documents": "eval_documents"}
 
@@ -372,57 +359,56 @@ class EvaluationForm(forms.Form):
     """The evaluation suite: which evaluations every run does, and their settings (checked by ``EvalSpec``)."""
 
     suite = forms.MultipleChoiceField(
-        choices=[(e, EVALUATION_LABELS[e]) for e in EVALUATIONS], widget=forms.CheckboxSelectMultiple,
+        choices=[(e.key, e.label) for e in catalog.EVALUATIONS.values()], widget=forms.CheckboxSelectMultiple,
         initial=list(DEFAULT_SUITE), label="Evaluations",
         error_messages={"required": "Pick at least one evaluation."},
     )
-    protocol = forms.ChoiceField(
-        choices=[("truncate", "truncate: each document's first L tokens"),
-                 ("sliding", "sliding window: windows of L tokens, moved by the stride")],
-        initial="truncate", label="Perplexity protocol",
-    )
+    protocol = forms.ChoiceField(choices=catalog.choices(catalog.PERPLEXITY_PROTOCOLS),
+                                 initial=EVAL_DEFAULTS["protocol"], label="Perplexity protocol")
     stride = forms.IntegerField(required=False, min_value=1, label="Sliding stride",
                                 help_text="Tokens each window moves on; blank = half the original context.")
-    passkey_samples = forms.IntegerField(min_value=1, max_value=1000, initial=20, label="Passkey samples per length")
+    passkey_samples = forms.IntegerField(min_value=1, max_value=1000, initial=EVAL_DEFAULTS["passkey_samples"],
+                                         label="Passkey samples per length")
     passkey_depth = forms.FloatField(required=False, min_value=0, max_value=1, label="Passkey depth",
                                      help_text="0 = start, 1 = end; blank = a random depth per sample.")
-    needle_depths = forms.CharField(initial="0, 0.25, 0.5, 0.75, 1", label="Needle depths",
+    needle_depths = forms.CharField(initial=", ".join(f"{d:g}" for d in EVAL_DEFAULTS["needle_depths"]),
+                                    label="Needle depths",
                                     help_text="Fractions of the haystack, comma-separated.")
-    needle_samples = forms.IntegerField(min_value=1, max_value=100, initial=2, label="Needles per cell")
-    needle_format = forms.ChoiceField(
-        choices=[("passkey", "passkey sentence"), ("magic_number", "magic number (RULER style)")],
-        initial="passkey", label="Needle format",
-    )
-    needle_variant = forms.ChoiceField(
-        choices=[("single", "single needle"), ("multikey", "multi-key (distractor needles)"),
-                 ("multivalue", "multi-value (all values of one key)")],
-        initial="single", label="Needle variant",
-    )
-    needle_count = forms.IntegerField(min_value=2, max_value=16, initial=4, label="Needles (multi-key / value)")
+    needle_samples = forms.IntegerField(min_value=1, max_value=100, initial=EVAL_DEFAULTS["needle_samples"],
+                                        label="Needles per cell")
+    needle_format = forms.ChoiceField(choices=catalog.choices(catalog.NEEDLE_FORMATS),
+                                      initial=EVAL_DEFAULTS["needle_format"], label="Needle format")
+    needle_variant = forms.ChoiceField(choices=catalog.choices(catalog.NEEDLE_VARIANTS),
+                                       initial=EVAL_DEFAULTS["needle_variant"], label="Needle variant")
+    needle_count = forms.IntegerField(min_value=2, max_value=16, initial=EVAL_DEFAULTS["needle_count"],
+                                      label="Needles (multi-key / value)")
     ruler_tasks = forms.MultipleChoiceField(
         required=False, choices=[(t, t) for t in RULER_TASKS], initial=list(RULER_TASKS),
         widget=forms.CheckboxSelectMultiple, label="RULER tasks",
         help_text="RULER's 13 tasks (its QA pair replaced by word-valued needles), each weighed equally; none = all.",
     )
-    ruler_samples = forms.IntegerField(required=False, min_value=1, max_value=MAX_RULER_SAMPLES, initial=20,
+    ruler_samples = forms.IntegerField(required=False, min_value=1, max_value=MAX_RULER_SAMPLES,
+                                       initial=EVAL_DEFAULTS["ruler_samples"],
                                        label="RULER samples per task and length")
     ruler_threshold = forms.FloatField(required=False,
-        min_value=0, max_value=1, initial=0.85, label="Effective-length threshold",
+        min_value=0, max_value=1, initial=EVAL_DEFAULTS["ruler_threshold"], label="Effective-length threshold",
         help_text="Effective length = the longest length scoring at least this share of the same run's score at "
                   "the original context (RULER / NoLiMa: 0.85).",
     )
     ruler_max_new_tokens = forms.IntegerField(required=False,
-        min_value=0, max_value=512, initial=0, label="RULER answer tokens",
+        min_value=0, max_value=512, initial=EVAL_DEFAULTS["ruler_max_new_tokens"], label="RULER answer tokens",
         help_text="Greedy tokens per answer; 0 = the reference answer's length plus 8.",
     )
     longppl_short_window = forms.IntegerField(required=False,
-        min_value=0, initial=0, label="LongPPL short window",
+        min_value=0, initial=EVAL_DEFAULTS["longppl_short_window"], label="LongPPL short window",
         help_text="The base model judges key tokens by their loss with this window against the original context; "
                   "0 = an eighth of it (the paper's 4K of 32K).",
     )
-    longppl_gain = forms.FloatField(required=False, initial=2.0, label="LongPPL key-token loss drop (nats)",
+    longppl_gain = forms.FloatField(required=False, initial=EVAL_DEFAULTS["longppl_gain"],
+                                    label="LongPPL key-token loss drop (nats)",
                                     help_text="Key tokens lose more than this with the full window (the paper: 2).")
-    longppl_bound = forms.FloatField(required=False, initial=2.0, label="LongPPL key-token loss bound (nats)",
+    longppl_bound = forms.FloatField(required=False, initial=EVAL_DEFAULTS["longppl_bound"],
+                                     label="LongPPL key-token loss bound (nats)",
                                      help_text="…and their full-window loss is below this (the paper: 2).")
 
     prefix = "eval"
@@ -443,11 +429,6 @@ class EvaluationForm(forms.Form):
             "ruler_tasks": list(data.get("ruler_tasks") or RULER_TASKS),
             **{name: EVAL_DEFAULTS[name] if data.get(name) is None else data[name] for name in OPTIONAL_SETTINGS},
         }
-
-
-assert set(PPL_PROTOCOLS) == {c for c, _ in EvaluationForm.base_fields["protocol"].choices}
-assert set(NEEDLE_FORMATS) == {c for c, _ in EvaluationForm.base_fields["needle_format"].choices}
-assert set(NEEDLE_VARIANTS) == {c for c, _ in EvaluationForm.base_fields["needle_variant"].choices}
 
 
 TRAINING_PRESETS: dict[str, dict[str, Any]] = {
@@ -504,8 +485,7 @@ class TrainingForm(forms.Form):
 
     preset = forms.ChoiceField(choices=[(k, v["label"]) for k, v in TRAINING_PRESETS.items()], required=False,
                                initial="none", label="Recipe", help_text="Fills the fields below; edit freely.")
-    mode = forms.ChoiceField(choices=[("none", "none"), ("finetune", "fine-tune"),
-                                      ("continual_pretrain", "continual pretraining")], initial="none")
+    mode = forms.ChoiceField(choices=catalog.choices(catalog.TRAINING_MODES), initial=TrainSpec.mode)
     steps = forms.IntegerField(min_value=1, initial=TrainSpec.steps)
     learning_rate = forms.FloatField(initial=TrainSpec.learning_rate, label="Learning rate")
     warmup_steps = forms.IntegerField(min_value=0, initial=TrainSpec.warmup_steps, label="Warm-up steps")
@@ -535,11 +515,8 @@ class TrainingForm(forms.Form):
     )
     pose_chunks = forms.IntegerField(required=False, initial=TrainSpec.pose_chunks, label="PoSE chunks",
                                      help_text="Chunks per sequence, each with its own skip; blank = 2.")
-    data_strategy = forms.ChoiceField(
-        choices=[("per_source", "per-source length upsampling"), ("global", "global length upsampling"),
-                 ("upsample_sources", "upsample chosen sources"), ("truncate", "truncate at the original length")],
-        initial="per_source", label="Data strategy",
-    )
+    data_strategy = forms.ChoiceField(choices=catalog.choices(catalog.DATA_STRATEGIES), initial=TrainSpec.data_strategy,
+                                      label="Data strategy")
     long_threshold = forms.IntegerField(required=False, min_value=1, label="Long-document threshold",
                                         help_text="Tokens; blank = the training length.")
     keep_short_p = forms.FloatField(initial=TrainSpec.keep_short_p, label="Keep short documents with p")
@@ -886,7 +863,7 @@ class MixturePreviewForm(forms.Form):
 
     base_model = ModelChoice(queryset=BaseModel.objects.none(), label="Tokenizer of",
                              help_text="Lengths are counted in this model's tokens; its context sets the defaults.")
-    strategy = forms.ChoiceField(choices=TrainingForm.base_fields["data_strategy"].choices, initial="per_source")
+    strategy = forms.ChoiceField(choices=catalog.choices(catalog.DATA_STRATEGIES), initial=TrainSpec.data_strategy)
     threshold = forms.IntegerField(required=False, min_value=1, label="Long-document threshold",
                                    help_text="Tokens; blank = 4 × the model's original context.")
     keep_short_p = forms.FloatField(min_value=0, max_value=1, initial=0.15, label="Keep short documents with p")

@@ -19,8 +19,9 @@ from django.db.models.functions import RowNumber
 
 from experiments.models import BaseModel, Dataset, Experiment, Measurement, Method, Run, Team
 from experiments.selectors import LENGTH_FREE_METRICS, ProtocolChoice
+from gpu_workers import catalog
 
-GRID_METRICS = {"needle_exact", "needle_partial"}
+GRID_METRICS = frozenset(m.key for m in catalog.METRICS.values() if m.chart == catalog.NEEDLE_GRID)
 """Metrics measured per needle depth: a cell averages over the depths (and the runs)."""
 RUN_LINKS = 10
 """Runs linked per row (the most recent ones measured at the table's longest length)."""

@@ -29,13 +29,14 @@ from statistics import median
 from typing import Any
 
 from experiments.models import BaseModel, Measurement, Run
+from gpu_workers.catalog import STEPS
 from gpu_workers.spec import EVALUATIONS, SEARCH_MODES
 
 RECENT_RUNS = 200
 """Only the latest succeeded runs on the model are read: the estimate costs two bounded queries."""
 DOCUMENT_EVALUATIONS = ("perplexity", "longppl", "retention", "needle_perplexity")
 PREFILL = "forward_seconds"
-STEP_METRICS = tuple(f"{step}_seconds" for step in (*EVALUATIONS, "search", "train"))
+STEP_METRICS = tuple(f"{step}_seconds" for step in (*EVALUATIONS, *STEPS))
 """Every step's wall time: all of them, so the time of steps the new suite leaves out is not taken for overhead."""
 
 

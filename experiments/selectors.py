@@ -32,6 +32,7 @@ from experiments.models import (
     Run,
     Team,
 )
+from gpu_workers import catalog
 from gpu_workers.data.documents import DatasetError
 from gpu_workers.data.length_stats import LengthStats
 from gpu_workers.tokenizer_files import tokenizer_key
@@ -39,10 +40,8 @@ from gpu_workers.tokenizer_files import tokenizer_key
 Point = tuple[int, float, float | None, float | None]
 """(context length, value, ci_low, ci_high)"""
 
-LOWER_IS_BETTER = {
-    "perplexity", "longppl", "needle_perplexity", "short_perplexity", "forward_seconds", "perplexity_seconds",
-    "peak_memory_mb", "kv_cache_mb",
-}
+LOWER_IS_BETTER = catalog.LOWER_IS_BETTER
+"""Metrics ranked lowest first (:class:`gpu_workers.catalog.Metric`)."""
 STATUS_LOG_LINES = 8
 
 
@@ -267,13 +266,16 @@ def run_payload(run: Run, log_lines: int | None = STATUS_LOG_LINES) -> dict[str,
 
 
 def run_status_payload(experiment: Experiment) -> dict[str, Any]:
-    """What the experiment page polls every 2 s: run states, the perplexity series and every chart. Three queries."""
+    """What the experiment page polls every 2 s: run states and every chart. Two queries.
+
+    The perplexity series is sent once, as ``charts["series"]["perplexity"]`` (static/js/evaluation_charts.js draws
+    #ppl-chart and LongPPL's dashed lines from it).
+    """
     runs = list(experiment.runs.select_related("method").order_by("id"))
     return {
         "experiment": str(experiment.uuid),
         "active": any(run.is_active for run in runs),
         "runs": [run_payload(run) for run in runs],
-        "series": comparison_series(experiment),
         "charts": evaluation_chart_data(experiment, runs),
         "protocols": _protocols(experiment, runs),
         "original_context": experiment.base_model.original_context,
@@ -311,7 +313,7 @@ class LeaderboardRow:
 
 LEADERBOARD_LINKS = 5
 
-LENGTH_FREE_METRICS = {"ruler_effective_length"}
+LENGTH_FREE_METRICS = catalog.LENGTH_FREE_METRICS
 """Metrics measured once per run, not per context length: the leaderboard ignores its length filter for them."""
 
 

@@ -41,7 +41,6 @@ from experiments.access import (
     visible_methods,
 )
 from experiments.forms import (
-    EVALUATION_LABELS,
     TRAINING_PRESETS,
     BaseModelForm,
     Composer,
@@ -51,6 +50,7 @@ from experiments.forms import (
     ScalingChartForm,
 )
 from experiments.models import ApiToken, BaseModel
+from gpu_workers import catalog
 from gpu_workers.data.mixture_preview import preview
 from gpu_workers.methods import FAMILIES
 from gpu_workers.methods.longrope_files import format_factors
@@ -130,7 +130,7 @@ def experiment_detail(request: HttpRequest, experiment_id: str) -> HttpResponse:
         "train_length": experiment.training.get("train_length") or (
             experiment.base_model.rope_facts().original_context if experiment.training.get("pose")
             else experiment.target_length),
-        "suite_labels": [EVALUATION_LABELS[name] for name in suite if name in EVALUATION_LABELS],
+        "suite_labels": [catalog.EVALUATIONS[name].label for name in suite if name in catalog.EVALUATIONS],
         "settings": experiment.evaluations,
         "device_note": "the worker's device (CUDA when it has one, else the CPU)",
         "chart": {

@@ -21,12 +21,13 @@ import hashlib
 import json
 from typing import Any
 
+from gpu_workers import catalog
 from gpu_workers.spec import EVALUATIONS, RunSpec
 
 BOS_HANDLING = "none"
 """Documents and prompts are tokenized with ``add_special_tokens=False``: no BOS (or EOS) token is added."""
 KEY_CHARS = 12
-SEARCH_AND_TRAINING = ("search", "train")
+SEARCH_AND_TRAINING = catalog.STEPS
 """Steps that report numbers (fitness, loss) that no leaderboard ranks: their measurements carry no key."""
 
 

@@ -10,20 +10,17 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gpu_workers import catalog
+from gpu_workers.catalog import RULER_TASKS
+
 DATASET_KINDS = ("builtin", "local", "hf")
-PPL_PROTOCOLS = ("truncate", "sliding")
-EVALUATIONS = ("perplexity", "longppl", "passkey", "needle", "needle_perplexity", "ruler", "retention", "memory")
-"""Every evaluation a run can do, in the order the pipeline runs them."""
-RULER_TASKS = (
-    "niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2", "niah_multikey_3",
-    "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "niah_single_word", "niah_multikey_word",
-)
-"""The RULER task set (``gpu_workers.data.ruler.TASKS`` defines them; named here so a spec checks torch-free)."""
-RULER_GROUPS = ("retrieval", "multi_hop", "aggregation")
+PPL_PROTOCOLS = catalog.keys(catalog.PERPLEXITY_PROTOCOLS)
+EVALUATIONS = tuple(catalog.EVALUATIONS)
+"""Every evaluation a run can do, in the order the pipeline runs them (:data:`gpu_workers.catalog.EVALUATIONS`)."""
 MAX_RULER_SAMPLES = 500
-NEEDLE_VARIANTS = ("single", "multikey", "multivalue")
-NEEDLE_FORMATS = ("passkey", "magic_number")
-PROMPT_EVALUATIONS = ("passkey", "needle", "needle_perplexity")
+NEEDLE_VARIANTS = catalog.keys(catalog.NEEDLE_VARIANTS)
+NEEDLE_FORMATS = catalog.keys(catalog.NEEDLE_FORMATS)
+PROMPT_EVALUATIONS = tuple(e.key for e in catalog.EVALUATIONS.values() if e.prompts)
 MIN_PROMPT_LENGTH = 128
 """Passkey and needle prompts need room for instructions, needles and a question besides the haystack."""
 SEARCH_MODES = {"longrope_search": "longrope", "longrope2_search": "longrope2"}
@@ -193,9 +190,9 @@ class EvalSpec:
         return evaluation in self.suite
 
 
-TRAIN_MODES = ("none", "finetune", "continual_pretrain")
+TRAIN_MODES = catalog.keys(catalog.TRAINING_MODES)
 MAX_POSE_CHUNKS = 16
-DATA_STRATEGIES = ("per_source", "global", "upsample_sources", "truncate")
+DATA_STRATEGIES = catalog.keys(catalog.DATA_STRATEGIES)
 
 
 class TrainSpecError(EvalSpecError):

@@ -66,10 +66,11 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+from gpu_workers.catalog import RULER_GROUPS, RULER_TASKS
 from gpu_workers.data import passkey as passkey_format
 from gpu_workers.data.documents import DatasetError, haystack_documents
 from gpu_workers.data.needle import DOCUMENT_SEPARATOR, haystack_order
-from gpu_workers.spec import RULER_GROUPS, RULER_TASKS, DatasetSpec, EvalSpecError
+from gpu_workers.spec import DatasetSpec, EvalSpecError
 
 GENERATOR_VERSION = 1
 """Part of every cache key: bump it whenever a generator's output changes, so stale caches are not read."""

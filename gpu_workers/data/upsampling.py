@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STRATEGIES = ("per_source", "global", "upsample_sources", "truncate")
+from gpu_workers import catalog
+
+STRATEGIES = catalog.keys(catalog.DATA_STRATEGIES)
 DEFAULT_THRESHOLD = 4096
 """The paper's "long document" cut-off in tokens."""
 DEFAULT_KEEP_SHORT_P = 0.15

@@ -11,25 +11,31 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpu_workers.catalog import SEARCH_DEFAULTS
 from gpu_workers.methods import longrope
 from gpu_workers.methods.base import FACTOR, Family, MethodError, Param, RopeFacts, RopeSetup, require_factor_above_one
 
-# Defaults measured on the demo model (docs/search.md, benches/search_vs_baselines.py): with 4 documents,
-# 4 generations and patience 2 the search barely left its YaRN seed and did not beat YaRN ×8 on held-out
-# documents; 8 documents, up to 10 generations and patience 3 do, at 4× and 8×, in 1–3 min on 2 CPU cores.
+# Defaults: gpu_workers.catalog.SEARCH_DEFAULTS (measured on the demo model, docs/search.md), shared with
+# SearchConfig and the API.
+D = SEARCH_DEFAULTS
 SEARCH_PARAMS = (
     FACTOR,
-    Param("population", "Population", int, 8, "Candidates per generation (the paper: 64).", 4.0),
-    Param("parents", "Parents", int, 3, "Best candidates kept as parents each generation.", 1.0),
-    Param("generations", "Generations", int, 10, "Generations after the initial population (the paper: 40).", 0.0),
-    Param("mutation_rate", "Mutation rate", float, 0.3, "Chance a mutation touches each searched pair.", 0.0),
-    Param("mutation_scale", "Mutation scale", float, 0.1, "σ of the multiplicative noise on a factor.", 0.0, True),
-    Param("crossover_rate", "Crossover rate", float, 0.5, "Share of children made by crossover.", 0.0),
-    Param("patience", "Patience", int, 3, "Stop after this many generations without improvement; 0 = never.", 0.0),
-    Param("search_documents", "Search documents", int, 8, "Training documents the fitness is measured on.", 1.0),
+    Param("population", "Population", int, D.population, "Candidates per generation (the paper: 64).", 4.0),
+    Param("parents", "Parents", int, D.parents, "Best candidates kept as parents each generation.", 1.0),
+    Param("generations", "Generations", int, D.generations,
+          "Generations after the initial population (the paper: 40).", 0.0),
+    Param("mutation_rate", "Mutation rate", float, D.mutation_rate, "Chance a mutation touches each searched pair.",
+          0.0),
+    Param("mutation_scale", "Mutation scale", float, D.mutation_scale, "σ of the multiplicative noise on a factor.",
+          0.0, True),
+    Param("crossover_rate", "Crossover rate", float, D.crossover_rate, "Share of children made by crossover.", 0.0),
+    Param("patience", "Patience", int, D.patience,
+          "Stop after this many generations without improvement; 0 = never.", 0.0),
+    Param("search_documents", "Search documents", int, D.search_documents,
+          "Training documents the fitness is measured on.", 1.0),
     Param("search_length", "Search length", int, None,
           "Tokens per fitness document, more than the original context; blank = the target length.", 16.0),
-    Param("seed", "Seed", int, 0, "Seed of the search's random choices.", 0.0),
+    Param("seed", "Seed", int, D.seed, "Seed of the search's random choices.", 0.0),
 )
 SEARCH_ATTENTION = Param("search_attention", "Search attention", int, 0,
                          "1 = also search the attention scale, 0 = keep √(1 + ln s / ln L₀).", 0.0)
@@ -62,12 +68,13 @@ def search_config(base: RopeFacts, target_length: int, params: dict[str, Any], m
 
     return SearchConfig.for_model(
         base, int(params.get("search_length") or target_length), factor=float(params["factor"]), mode=mode,
-        population=int(params.get("population", 8)), parents=int(params.get("parents", 3)),
-        generations=int(params.get("generations", 10)), mutation_rate=float(params.get("mutation_rate", 0.3)),
-        mutation_scale=float(params.get("mutation_scale", 0.1)),
-        crossover_rate=float(params.get("crossover_rate", 0.5)),
-        patience=int(params.get("patience", 3)), search_attention=bool(params.get("search_attention", 0)),
-        seed=int(params.get("seed", 0)),
+        population=int(params.get("population", D.population)), parents=int(params.get("parents", D.parents)),
+        generations=int(params.get("generations", D.generations)),
+        mutation_rate=float(params.get("mutation_rate", D.mutation_rate)),
+        mutation_scale=float(params.get("mutation_scale", D.mutation_scale)),
+        crossover_rate=float(params.get("crossover_rate", D.crossover_rate)),
+        patience=int(params.get("patience", D.patience)), search_attention=bool(params.get("search_attention", 0)),
+        seed=int(params.get("seed", D.seed)),
     )
 
 

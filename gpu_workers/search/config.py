@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from gpu_workers import rope_theory
+from gpu_workers.catalog import SEARCH_DEFAULTS
 
 if TYPE_CHECKING:
     from gpu_workers.methods.base import RopeFacts
@@ -31,7 +32,8 @@ class SearchConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Every hyper-parameter of a factor search. Defaults fit the demo model (d = 32, 256 → 512 tokens)."""
+    """Every hyper-parameter of a factor search. The RoPE facts default to the demo model's (d = 32, 256 → 512
+    tokens); the genetic algorithm's to :data:`gpu_workers.catalog.SEARCH_DEFAULTS`, the composer's."""
 
     rotary_dim: int = 32
     rope_theta: float = 10000.0
@@ -40,15 +42,15 @@ class SearchConfig:
     """The evaluation length the fitness uses; with ``factor`` blank, s = target_length / original_context."""
     factor: float | None = None
     mode: str = "longrope"
-    population: int = 8
-    parents: int = 3
-    generations: int = 4
+    population: int = SEARCH_DEFAULTS.population
+    parents: int = SEARCH_DEFAULTS.parents
+    generations: int = SEARCH_DEFAULTS.generations
     """Generations after the initial population (0 = evaluate the initial population only)."""
-    mutation_rate: float = 0.3
+    mutation_rate: float = SEARCH_DEFAULTS.mutation_rate
     """Probability that a mutation touches each searched pair (at least one always changes), n̂ and attention."""
-    mutation_scale: float = 0.1
+    mutation_scale: float = SEARCH_DEFAULTS.mutation_scale
     """σ of the log-normal multiplicative noise on a factor; attention noise is σ · (attention range width)."""
-    crossover_rate: float = 0.5
+    crossover_rate: float = SEARCH_DEFAULTS.crossover_rate
     """Share of children made by crossover of two parents; the rest by mutation of one."""
     max_factor_ratio: float = 1.25
     """Upper bound of every factor, as a multiple of s."""
@@ -63,12 +65,12 @@ class SearchConfig:
     critical_dim_window: int = 2
     """LongRoPE2 only: pairs either side of the theory value d_extra/2 the critical dim is searched in (clipped to
     the pairs; 0 = fixed at the theory value). ±2 brackets the old fixed d_extra/2 − 1 with room either way."""
-    patience: int = 2
+    patience: int = SEARCH_DEFAULTS.patience
     """Stop after this many generations without improvement; 0 = never stop early."""
     early_stop_tolerance: float = 1e-3
     """Relative improvement of the best fitness that counts as one."""
     decimals: int = 4
-    seed: int = 0
+    seed: int = SEARCH_DEFAULTS.seed
 
     @classmethod
     def for_model(cls, base: RopeFacts, target_length: int, **overrides: Any) -> SearchConfig:

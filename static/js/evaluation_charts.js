@@ -1,5 +1,11 @@
-// Charts for every evaluation on the experiment page; redrawn in place by each status poll.
-window.ContextLabEvaluations = (function () {
+// The one module that draws every evaluation chart, perplexity by length included, on the experiment page (redrawn
+// in place by each status poll: experiment_detail.js) and the compare page (compare.js). Both hand it the payload
+// the server builds with experiments.evaluation_charts.build: {charts, protocols, original_context[, limits]}.
+//   ContextLabCharts.drawAll(payload, options)  every chart whose element is on the page
+//   ContextLabCharts.drawPerplexity(series, original, options)  #ppl-chart only
+// options: limits ([{name, length}], scaling-law T_extra lines on #ppl-chart; default payload.limits),
+//          originalLabel (false: no "original context N" label above the dotted line; default true).
+window.ContextLabCharts = (function () {
   "use strict";
 
   var CONFIG = { displaylogo: false, responsive: true };
@@ -47,6 +53,39 @@ window.ContextLabEvaluations = (function () {
     var element = document.getElementById(id);
     if (!element || typeof Plotly === "undefined") { return; }
     Plotly.react(element, traces, layout, CONFIG);
+  }
+
+  // Perplexity by length: scaling-law limits (T_extra) of fixed-base runs as dashed lines, labelled up the line.
+  var LIMIT_COLOR = "#b45309";
+
+  function limitShapes(limits) {
+    return limits.map(function (limit) {
+      return { type: "line", xref: "x", yref: "paper", x0: limit.length, x1: limit.length, y0: 0, y1: 1,
+               line: { dash: "dash", width: 1.5, color: LIMIT_COLOR } };
+    });
+  }
+
+  function limitLabels(limits) {
+    // Written up the line, just left of it, so labels of nearby limits and the plot edge never collide.
+    return limits.map(function (limit) {
+      return { x: Math.log10(limit.length), xref: "x", yref: "paper", y: 1, yanchor: "top", xanchor: "right",
+               textangle: -90, showarrow: false, bgcolor: "rgba(255,255,255,0.8)",
+               text: limit.name + ": T<sub>extra</sub> ≈ " + Math.round(limit.length).toLocaleString(),
+               font: { size: 11, color: LIMIT_COLOR } };
+    });
+  }
+
+  function drawPerplexity(series, original, options) {
+    options = options || {};
+    var limits = options.limits || [];
+    var layout = lineLayout("perplexity", original, { type: "log" });
+    layout.legend.y = -0.2;
+    layout.shapes = layout.shapes.concat(limitShapes(limits));
+    layout.annotations = (original && options.originalLabel !== false ? [{
+      x: Math.log10(original), xref: "x", yref: "paper", y: 1, yanchor: "bottom", showarrow: false,
+      text: "original context " + original, font: { size: 11, color: ORIGINAL_COLOR }
+    }] : []).concat(limitLabels(limits));
+    plot("ppl-chart", lineTraces(series), layout);
   }
 
   var GRID_COLORS = [[0, "#b91c1c"], [0.5, "#facc15"], [1, "#15803d"]];
@@ -447,9 +486,14 @@ window.ContextLabEvaluations = (function () {
     });
   }
 
-  function draw(charts, original, protocols) {
-    protocolLines(protocols);
+  function drawAll(payload, options) {
+    if (!payload) { return; }
+    options = options || {};
+    var charts = payload.charts, original = payload.original_context;
+    protocolLines(payload.protocols);
     if (!charts) { return; }
+    drawPerplexity((charts.series || {}).perplexity, original,
+                   { limits: options.limits || payload.limits, originalLabel: options.originalLabel });
     searchCharts(charts.search);
     plot("train-loss-chart", Object.keys(charts.train_loss || {}).map(function (name) {
       var points = charts.train_loss[name];
@@ -477,5 +521,5 @@ window.ContextLabEvaluations = (function () {
     plot("memory-chart", memory, lineLayout("MiB", original, { type: "log" }));
   }
 
-  return { draw: draw };
+  return { drawAll: drawAll, drawPerplexity: drawPerplexity };
 })();

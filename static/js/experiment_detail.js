@@ -1,81 +1,13 @@
-// The experiment page: poll the status endpoint every 2 s, update runs and the chart in place.
+// The experiment page: poll the status endpoint every 2 s, update the run rows in place and hand each payload to
+// evaluation_charts.js (window.ContextLabCharts), which draws every chart, perplexity by length included.
 (function () {
   "use strict";
 
   var POLL_MS = 2000;
   var config = document.getElementById("status-config");
   var chartData = JSON.parse(document.getElementById("chart-data").textContent);
-  var chart = document.getElementById("ppl-chart");
-
-  function traces(series) {
-    return Object.keys(series).map(function (name) {
-      var points = series[name];
-      return {
-        name: name,
-        type: "scatter",
-        mode: "lines+markers",
-        x: points.map(function (p) { return p[0]; }),
-        y: points.map(function (p) { return p[1]; }),
-        error_y: {
-          type: "data",
-          symmetric: false,
-          array: points.map(function (p) { return p[3] == null ? 0 : p[3] - p[1]; }),
-          arrayminus: points.map(function (p) { return p[2] == null ? 0 : p[1] - p[2]; }),
-          thickness: 1,
-          width: 3
-        }
-      };
-    });
-  }
-
-  // Scaling-law limits (T_extra) of fixed-base runs: static per experiment, so they come with the page.
-  var LIMIT_COLOR = "#b45309";
-
-  function limitShapes(limits) {
-    return limits.map(function (limit) {
-      return {
-        type: "line", xref: "x", yref: "paper", x0: limit.length, x1: limit.length, y0: 0, y1: 1,
-        line: { dash: "dash", width: 1.5, color: LIMIT_COLOR }
-      };
-    });
-  }
-
-  function limitLabels(limits) {
-    return limits.map(function (limit) {
-      // Written up the line, just left of it, so labels of nearby limits and the plot edge never collide.
-      return {
-        x: Math.log10(limit.length), xref: "x", yref: "paper", y: 1, yanchor: "top", xanchor: "right",
-        textangle: -90, showarrow: false, bgcolor: "rgba(255,255,255,0.8)",
-        text: limit.name + ": T<sub>extra</sub> ≈ " + Math.round(limit.length).toLocaleString(),
-        font: { size: 11, color: LIMIT_COLOR }
-      };
-    });
-  }
-
-  function layout(original) {
-    var limits = chartData.limits || [];
-    return {
-      margin: { t: 20, r: 20, b: 50, l: 60 },
-      xaxis: { title: { text: "context length (tokens)" }, type: "log" },
-      yaxis: { title: { text: "perplexity" }, type: "log" },
-      legend: { orientation: "h", y: -0.2 },
-      shapes: (original ? [{
-        type: "line", xref: "x", yref: "paper", x0: original, x1: original, y0: 0, y1: 1,
-        line: { dash: "dot", width: 2, color: "#6b7280" }
-      }] : []).concat(limitShapes(limits)),
-      annotations: (original ? [{
-        x: Math.log10(original), xref: "x", yref: "paper", y: 1, yanchor: "bottom", showarrow: false,
-        text: "original context " + original, font: { size: 11, color: "#6b7280" }
-      }] : []).concat(limitLabels(limits))
-    };
-  }
-
-  function draw(series, original) {
-    if (typeof Plotly === "undefined" || !chart) {
-      return;
-    }
-    Plotly.react(chart, traces(series), layout(original), { displaylogo: false, responsive: true });
-  }
+  // Scaling-law limits (T_extra) of fixed-base runs: static per experiment, so they come with the page only.
+  var chartOptions = { limits: chartData.limits || [] };
 
   function updateRun(run) {
     var row = document.querySelector("tr[data-run='" + run.id + "']");
@@ -121,8 +53,7 @@
           window.location.reload();  // a run was retried elsewhere: its id changed
           return;
         }
-        draw(payload.series, payload.original_context);
-        window.ContextLabEvaluations.draw(payload.charts, payload.original_context, payload.protocols);
+        window.ContextLabCharts.drawAll(payload, chartOptions);
         if (payload.active) {
           window.setTimeout(poll, POLL_MS);
         }
@@ -131,8 +62,7 @@
   }
 
   document.querySelectorAll("[data-role='log']").forEach(function (log) { log.scrollTop = log.scrollHeight; });
-  draw(chartData.series, chartData.original_context);
-  window.ContextLabEvaluations.draw(chartData.charts, chartData.original_context, chartData.protocols);
+  window.ContextLabCharts.drawAll(chartData, chartOptions);
   if (config && config.dataset.active === "1") {
     window.setTimeout(poll, POLL_MS);
   }

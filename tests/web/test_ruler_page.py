@@ -247,7 +247,7 @@ def test_query_counts_stay_fixed_with_ruler_measurements_and_protocols(
     with django_assert_num_queries(2):
         detail = selectors.experiment_detail(experiment)
     assert len(detail.charts["ruler"]) == runs and len(detail.protocols["ruler"]) == 1
-    with django_assert_num_queries(3):
+    with django_assert_num_queries(2):
         payload = selectors.run_status_payload(experiment)
     assert len(payload["charts"]["ruler"]) == runs and payload["protocols"]["ruler"][0]["runs"] == [
         run.method.name for run in detail.runs]

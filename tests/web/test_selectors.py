@@ -32,7 +32,7 @@ def consume(value: Any) -> Any:
         (1, lambda e, user: selectors.experiments_for_user(user)),
         (2, lambda e, user: selectors.experiment_detail(e)),
         (1, lambda e, user: selectors.comparison_series(e)),
-        (3, lambda e, user: selectors.run_status_payload(e)),
+        (2, lambda e, user: selectors.run_status_payload(e)),
         (3, lambda e, user: selectors.leaderboard_rows(Team.objects.filter(pk=e.team_id), e.base_model, 512)),
         (1, lambda e, user: selectors.leaderboard_lengths(Team.objects.filter(pk=e.team_id), e.base_model)),
         (2, lambda e, user: selectors.measurement_rows(e)),

@@ -14,7 +14,7 @@ from django.contrib.staticfiles import finders
 from django.test import Client
 from django.urls import reverse
 
-from experiments.models import ApiToken, BaseModel, Dataset, Experiment, Run
+from experiments.models import ApiToken, BaseModel, Dataset, Experiment, Measurement, Run
 from tests.web.factories import login, make_experiment
 from tests.web.test_forms import composer_post
 
@@ -124,7 +124,31 @@ def test_status_endpoint_payload(owner: Any, experiment: Experiment) -> None:
     assert data["active"] is False and data["original_context"] == 256
     assert [r["status"] for r in data["runs"]] == ["succeeded", "succeeded"]
     name = experiment.runs.first().method.name
-    assert data["series"][name][0][:2] == [256, 10.256]
+    assert data["charts"]["series"]["perplexity"][name][0][:2] == [256, 10.256]
+
+
+def test_status_payload_sends_perplexity_series_once(owner: Any, experiment: Experiment) -> None:
+    """The poll carries each perplexity point once: in ``charts.series.perplexity``, no top-level ``series``."""
+    data = login(owner).get(reverse("experiment_status", args=[experiment.uuid])).json()
+    assert "series" not in data
+
+    def lists(value: Any) -> Any:
+        if isinstance(value, list):
+            yield value
+            for item in value:
+                yield from lists(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from lists(item)
+
+    found = list(lists(data))
+    points = [[m.context_length, m.value, m.ci_low, m.ci_high]
+              for m in Measurement.objects.filter(run__experiment=experiment, metric="perplexity")]
+    assert len(points) == 4
+    for point in points:
+        assert found.count(point) == 1, point
+    by_run = data["charts"]["series"]["perplexity"]
+    assert sorted(p for series in by_run.values() for p in series) == sorted(points)
 
 
 def test_cancel_button_only_for_those_who_may(owner: Any, viewer: Any, experiment: Experiment) -> None:

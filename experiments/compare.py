@@ -97,7 +97,7 @@ class Comparison:
     columns: list[Column] = field(default_factory=list)
     rows: list[ParamRow] = field(default_factory=list)
     chart: dict[str, Any] = field(default_factory=dict)
-    """The experiment page's chart payload: ``{"charts", "series", "protocols", "original_context"}``."""
+    """The experiment page's chart payload: ``{"charts", "protocols", "original_context", "limits"}``."""
     suite: list[str] = field(default_factory=list)
     """Every evaluation any compared experiment ran, in the order they first appear."""
     not_found: int = 0
@@ -201,7 +201,6 @@ def _chart(columns: list[Column], suite: list[str], ruler_threshold: float | Non
     originals = {column.run.experiment.base_model.original_context for column in columns}
     return {
         "charts": charts,
-        "series": charts["series"]["perplexity"],
         "protocols": evaluation_charts.protocol_lines(((c.label, c.run.protocol) for c in columns), suite),
         # One dotted "original context" line only when every run's model shares it.
         "original_context": originals.pop() if len(originals) == 1 else None,

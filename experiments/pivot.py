@@ -13,6 +13,7 @@ length falls back to the default, and the defaults pick the combination with the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from experiments import csv_export, pivot_selectors
 from experiments.access import visible_base_models
 from experiments.leaderboard import int_param, team_scope
 from experiments.models import BaseModel, Dataset, Team, params_hash
-from experiments.selectors import LOWER_IS_BETTER, ProtocolChoice
+from experiments.selectors import LENGTH_FREE_METRICS, LOWER_IS_BETTER, ProtocolChoice
 from gpu_workers import catalog
 from gpu_workers.protocol import describe as protocol_text
 
@@ -187,17 +188,65 @@ def resolve(user: Any, query: QueryDict) -> PivotQuery:
         result.length = int_param(query.get("length"))
         if result.length not in result.lengths:
             result.length = result.lengths[-1] if result.lengths else None
-        result.table = summary_table(teams, base_model, dataset, training, result.length)
+        own = [c.metric for c in SUMMARY_COLUMNS if not c.at_length and c.metric not in LENGTH_FREE_METRICS]
+        found = pivot_selectors.groups(teams, base_model, dataset, training, [c.metric for c in SUMMARY_COLUMNS],
+                                       length=result.length if result.length is not None else -1, any_length=own)
+        result.table = summary_table(found, result.length)
         return result
-    result.protocols = pivot_selectors.protocols(teams, base_model, dataset, training, metric)
+    found = pivot_selectors.groups(teams, base_model, dataset, training, [metric])
+    result.protocols = _protocol_choices(found)
     wanted_key = query.get("protocol")
     result.protocol = next((c for c in result.protocols if c.key == wanted_key), None)
     if result.protocol is None and result.protocols:
         result.protocol = result.protocols[0]
     if result.protocol is not None:
-        result.table, result.lengths = length_table(teams, base_model, dataset, training, metric, result.protocol)
+        result.table, result.lengths = length_table(found, metric, result.protocol, lambda key, length: (
+            pivot_selectors.recent_runs(teams, base_model, dataset, training, metric, key, length)))
         result.chart = _chart(result.table, result.lengths, metric)
     return result
+
+
+def _runs_per_key(found: Iterable[pivot_selectors.Group]) -> dict[str, int]:
+    """Runs behind each protocol: per configuration the most runs at any one length, summed (a run measures every
+    length of its experiment, so this counts each run once without a second pass over the measurements)."""
+    most: dict[tuple[str, pivot_selectors.Config], int] = {}
+    for g in found:
+        most[(g.protocol_key, g.config)] = max(g.aggregate.runs, most.get((g.protocol_key, g.config), 0))
+    runs: dict[str, int] = {}
+    for (key, _), n in most.items():
+        runs[key] = runs.get(key, 0) + n
+    return runs
+
+
+def _protocol_choices(found: list[pivot_selectors.Group]) -> list[ProtocolChoice]:
+    """The protocols the metric was measured under here, most runs first (one query for their facts)."""
+    runs = _runs_per_key(found)
+    examples: dict[str, int] = {}
+    for g in found:
+        examples[g.protocol_key] = min(g.example_run, examples.get(g.protocol_key, g.example_run))
+    facts = pivot_selectors.run_protocols(examples.values())
+    return [ProtocolChoice(key, runs[key], facts.get(examples[key]) or {})
+            for key in sorted(runs, key=lambda k: (-runs[k], k))]
+
+
+def _collapse(found: list[pivot_selectors.Group]) -> tuple[str | None, dict[pivot_selectors.Config,
+                                                                          pivot_selectors.Aggregate]]:
+    """The most-used protocol among *found* and, under it, one aggregate per configuration (several lengths, as
+    retention has, are averaged: mean of the means, the widest spread)."""
+    runs = _runs_per_key(found)
+    if not runs:
+        return None, {}
+    key = min(runs, key=lambda k: (-runs[k], k))
+    merged: dict[pivot_selectors.Config, list[pivot_selectors.Aggregate]] = {}
+    for g in found:
+        if g.protocol_key == key:
+            merged.setdefault(g.config, []).append(g.aggregate)
+    return key, {
+        config: pivot_selectors.Aggregate(max(a.runs for a in aggs), sum(a.mean for a in aggs) / len(aggs),
+                                          min(a.low for a in aggs), max(a.high for a in aggs),
+                                          min(a.method_id for a in aggs))
+        for config, aggs in merged.items()
+    }
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -223,18 +272,27 @@ def _mark_best(rows: list[PivotRow], column: int, lower: bool) -> None:
             r.cells[column].best = True
 
 
-def length_table(teams: Any, base_model: BaseModel, dataset: Dataset, training: dict[str, Any], metric: str,
-                 protocol: ProtocolChoice) -> tuple[PivotTable, list[int]]:
-    """Configurations × context lengths for one metric under one protocol: four queries."""
-    cells = pivot_selectors.cells(teams, base_model, dataset, training, metric, protocol.key)
-    lengths = sorted({length for _, length in cells if length is not None})
-    configs = pivot_selectors.config_runs(teams, base_model, dataset, training, metric, protocol.key,
-                                          lengths[-1] if lengths else None)
+def length_table(found: list[pivot_selectors.Group], metric: str, protocol: ProtocolChoice,
+                 recent_runs: Callable[[str, int | None], dict[pivot_selectors.Config, list[str]]]
+                 ) -> tuple[PivotTable, list[int]]:
+    """Configurations × context lengths for one metric under one protocol (*found*: its groups); two queries, the
+    method rows and *recent_runs* (each configuration's linked runs at the longest length)."""
+    cells = {(g.config, g.length): g.aggregate for g in found
+             if g.protocol_key == protocol.key and g.length is not None}
+    lengths = sorted({length for _, length in cells})
+    runs: dict[pivot_selectors.Config, int] = {}
+    method_ids: dict[pivot_selectors.Config, int] = {}
+    for (config, _), agg in cells.items():
+        runs[config] = max(agg.runs, runs.get(config, 0))
+        method_ids[config] = min(agg.method_id, method_ids.get(config, agg.method_id))
+    methods = pivot_selectors.methods(method_ids.values())
+    recent = recent_runs(protocol.key, lengths[-1]) if lengths else {}
     lower = metric in LOWER_IS_BETTER
     table = PivotTable([str(n) for n in lengths])
-    for config, info in configs.items():
-        table.rows.append(PivotRow(info.method.name, info.method.family, _params_text(info.method.params), info.runs,
-                                   info.recent, [_cell(metric, cells.get((config, n))) for n in lengths]))
+    for config, method_id in method_ids.items():
+        method = methods[method_id]
+        table.rows.append(PivotRow(method.name, method.family, _params_text(method.params), runs[config],
+                                   recent.get(config, []), [_cell(metric, cells.get((config, n))) for n in lengths]))
     last = len(lengths) - 1
 
     def order(row: PivotRow) -> tuple[int, float, str]:
@@ -251,19 +309,19 @@ def length_table(teams: Any, base_model: BaseModel, dataset: Dataset, training: 
     return table, lengths
 
 
-def summary_table(teams: Any, base_model: BaseModel, dataset: Dataset, training: dict[str, Any],
-                  length: int | None) -> PivotTable:
-    """One column per headline metric at *length*, each under its own most-used protocol: one query per column,
-    plus one for the method rows."""
+def summary_table(found: list[pivot_selectors.Group], length: int | None) -> PivotTable:
+    """One column per headline metric at *length*, each under its own most-used protocol (*found*: the groups of
+    every summary metric); one query, the method rows."""
     table = PivotTable([c.header + (f" @ {length}" if c.at_length and length else "") for c in SUMMARY_COLUMNS])
     columns: list[dict[pivot_selectors.Config, pivot_selectors.Aggregate]] = []
     method_ids: dict[pivot_selectors.Config, int] = {}
     for column in SUMMARY_COLUMNS:
-        if column.metric == "retention_perplexity":
-            key, aggregates = _retention(teams, base_model, dataset, training)
-        else:
-            key, aggregates = pivot_selectors.protocol_by_metric(teams, base_model, dataset, training, column.metric,
-                                                                 length if column.at_length else None)
+        mine = [g for g in found if g.metric == column.metric]
+        if column.at_length:
+            mine = [g for g in mine if g.length == length]
+        elif column.metric in LENGTH_FREE_METRICS:
+            mine = [g for g in mine if g.length is None]
+        key, aggregates = _collapse(mine)
         columns.append(aggregates)
         for config, agg in aggregates.items():
             method_ids[config] = min(agg.method_id, method_ids.get(config, agg.method_id))
@@ -280,25 +338,6 @@ def summary_table(teams: Any, base_model: BaseModel, dataset: Dataset, training:
     for index, column in enumerate(SUMMARY_COLUMNS):
         _mark_best(table.rows, index, column.metric in LOWER_IS_BETTER)
     return table
-
-
-def _retention(teams: Any, base_model: BaseModel, dataset: Dataset, training: dict[str, Any]
-               ) -> tuple[str | None, dict[pivot_selectors.Config, pivot_selectors.Aggregate]]:
-    """Retention over all its (short) lengths: the most-used protocol's cells averaged per configuration."""
-    protocols = pivot_selectors.protocols(teams, base_model, dataset, training, "retention_perplexity")
-    if not protocols:
-        return None, {}
-    key = protocols[0].key
-    merged: dict[pivot_selectors.Config, list[pivot_selectors.Aggregate]] = {}
-    for (config, _), agg in pivot_selectors.cells(teams, base_model, dataset, training, "retention_perplexity",
-                                                  key).items():
-        merged.setdefault(config, []).append(agg)
-    return key, {
-        config: pivot_selectors.Aggregate(max(a.runs for a in aggs), sum(a.mean for a in aggs) / len(aggs),
-                                          min(a.low for a in aggs), max(a.high for a in aggs),
-                                          min(a.method_id for a in aggs))
-        for config, aggs in merged.items()
-    }
 
 
 def _chart(table: PivotTable, lengths: list[int], metric: str) -> dict[str, Any]:

@@ -5,6 +5,9 @@ under one evaluation protocol per metric, from experiments that are not archived
 family plus its canonical parameters (``Method.params_hash``), so the same method registered by two teams is one
 row. Each function's query count is fixed whatever the history: the aggregation happens in the database, and a
 row's run links are cut there too (a window function), so a configuration with 5,000 runs costs what one with 5 does.
+The measurements are scanned twice per page, whatever the view: :func:`groups` aggregates every metric the page
+shows in one pass (protocol, configuration and length are its group keys; the choices between them are made in
+Python over the few groups), and :func:`recent_runs` picks the linked runs (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -14,11 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Avg, Count, F, Max, Min, QuerySet, Window
+from django.db.models import Avg, Count, F, Max, Min, Q, QuerySet, Window
 from django.db.models.functions import RowNumber
 
 from experiments.models import BaseModel, Dataset, Experiment, Measurement, Method, Run, Team
-from experiments.selectors import LENGTH_FREE_METRICS, ProtocolChoice
 from gpu_workers import catalog
 
 GRID_METRICS = frozenset(m.key for m in catalog.METRICS.values() if m.chart == catalog.NEEDLE_GRID)
@@ -40,14 +42,17 @@ class Aggregate:
     """The configuration's earliest method row among these numbers."""
 
 
-@dataclass
-class ConfigRuns:
-    method: Method
-    """The configuration's earliest method row: its name and parameters label the row."""
-    runs: int
-    """Distinct runs with any number in the table."""
-    recent: list[str]
-    """Up to RUN_LINKS run uuids, most recent first."""
+@dataclass(frozen=True)
+class Group:
+    """One (metric, protocol, configuration, length) of the pool with its aggregate."""
+
+    metric: str
+    protocol_key: str
+    config: Config
+    length: int | None
+    aggregate: Aggregate
+    example_run: int
+    """One run's id, whose protocol names this group's protocol facts."""
 
 
 def recipes(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, dataset: Dataset) -> list[dict[str, Any]]:
@@ -71,9 +76,11 @@ def datasets(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel) -> l
 
 
 def _pool(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, dataset: Dataset,
-          training: dict[str, Any], metric: str) -> QuerySet[Measurement]:
-    measurements = Measurement.objects.filter(
-        metric=metric,
+          training: dict[str, Any], metrics: Iterable[str]) -> QuerySet[Measurement]:
+    """Succeeded runs' numbers for *metrics* here; a needle grid's every depth, every other metric's plain rows."""
+    metrics = set(metrics)
+    return Measurement.objects.filter(
+        Q(metric__in=metrics & GRID_METRICS) | Q(metric__in=metrics - GRID_METRICS, depth__isnull=True),
         run__status=Run.Status.SUCCEEDED,
         run__experiment__team__in=teams,
         run__experiment__base_model=base_model,
@@ -81,93 +88,61 @@ def _pool(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, dataset
         run__experiment__training=training,
         run__experiment__archived_at__isnull=True,
     )
-    if metric not in GRID_METRICS:
-        measurements = measurements.filter(depth__isnull=True)
-    if metric in LENGTH_FREE_METRICS:
-        return measurements.filter(context_length__isnull=True)
-    return measurements.filter(context_length__isnull=False)
 
 
-def protocols(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, dataset: Dataset,
-              training: dict[str, Any], metric: str) -> list[ProtocolChoice]:
-    """The protocols this metric was measured under here, most runs first: two queries."""
-    groups = list(
-        _pool(teams, base_model, dataset, training, metric)
-        .values("protocol_key").annotate(n=Count("run_id", distinct=True), example=Min("run_id"))
-        .order_by("-n", "protocol_key")
-    )
-    found = dict(Run.objects.filter(pk__in=[g["example"] for g in groups]).values_list("pk", "protocol"))
-    return [ProtocolChoice(g["protocol_key"], g["n"], found.get(g["example"]) or {}) for g in groups]
+def groups(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, dataset: Dataset,
+           training: dict[str, Any], metrics: Iterable[str], length: int | None = None,
+           any_length: Iterable[str] = ()) -> list[Group]:
+    """Every (metric, protocol, configuration, length) with its runs, mean, min and max: one query.
 
-
-def cells(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, dataset: Dataset, training: dict[str, Any],
-          metric: str, protocol_key: str) -> dict[tuple[Config, int | None], Aggregate]:
-    """(configuration, context length) → runs, mean, min and max of the metric: one query."""
+    With *length*, only numbers at that length, measured once per run (no length), or of the *any_length* metrics
+    (those with lengths of their own, as retention): the summary reads a quarter of the rows it would otherwise.
+    """
+    pool = _pool(teams, base_model, dataset, training, metrics)
+    if length is not None:
+        pool = pool.filter(Q(context_length=length) | Q(context_length__isnull=True) | Q(metric__in=list(any_length)))
     rows = (
-        _pool(teams, base_model, dataset, training, metric).filter(protocol_key=protocol_key)
-        .values("run__method__family", "run__method__params_hash", "context_length")
+        pool
+        .values("metric", "protocol_key", "run__method__family", "run__method__params_hash", "context_length")
         .annotate(n=Count("run_id", distinct=True), mean=Avg("value"), low=Min("value"), high=Max("value"),
-                  method_id=Min("run__method_id"))
+                  method_id=Min("run__method_id"), example=Min("run_id"))
         .order_by()
     )
-    return {((r["run__method__family"], r["run__method__params_hash"]), r["context_length"]):
-            Aggregate(r["n"], r["mean"], r["low"], r["high"], r["method_id"]) for r in rows}
-
-
-def config_runs(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, dataset: Dataset,
-                training: dict[str, Any], metric: str, protocol_key: str,
-                link_length: int | None) -> dict[Config, ConfigRuns]:
-    """Each configuration's method row, run count and most recent runs at *link_length*: three queries."""
-    pool = _pool(teams, base_model, dataset, training, metric).filter(protocol_key=protocol_key)
-    totals = list(pool.values("run__method__family", "run__method__params_hash")
-                  .annotate(n=Count("run_id", distinct=True), method_id=Min("run__method_id")).order_by())
-    methods = Method.objects.in_bulk([t["method_id"] for t in totals])
-    ranked = pool.filter(context_length=link_length)
-    per_run = 1 if metric not in GRID_METRICS else 64  # a grid metric has one row per depth of each run
-    recent: dict[Config, list[str]] = defaultdict(list)
-    for family, digest, run_uuid in (
-        ranked.annotate(rank=Window(RowNumber(), partition_by=[F("run__method__family"),
-                                                               F("run__method__params_hash")],
-                                    order_by=F("run_id").desc()))
-        .filter(rank__lte=RUN_LINKS * per_run)
-        .order_by("-run_id").values_list("run__method__family", "run__method__params_hash", "run__uuid")
-    ):
-        if str(run_uuid) not in recent[(family, digest)] and len(recent[(family, digest)]) < RUN_LINKS:
-            recent[(family, digest)].append(str(run_uuid))
-    configs = {t["method_id"]: (t["run__method__family"], t["run__method__params_hash"]) for t in totals}
-    return {configs[t["method_id"]]: ConfigRuns(methods[t["method_id"]], t["n"], recent[configs[t["method_id"]]])
-            for t in totals}
-
-
-def protocol_by_metric(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, dataset: Dataset,
-                       training: dict[str, Any], metric: str, length: int | None
-                       ) -> tuple[str | None, dict[Config, Aggregate]]:
-    """For the summary: the protocol with the most runs for *metric* (at *length*) and every configuration's
-    aggregate under it: one query."""
-    pool = _pool(teams, base_model, dataset, training, metric)
-    if metric not in LENGTH_FREE_METRICS:
-        pool = pool.filter(context_length=length)
-    rows = list(pool.values("run__method__family", "run__method__params_hash", "protocol_key")
-                .annotate(n=Count("run_id", distinct=True), mean=Avg("value"), low=Min("value"), high=Max("value"),
-                          method_id=Min("run__method_id")).order_by())
-    runs_per_key: dict[str, int] = defaultdict(int)
-    for r in rows:
-        runs_per_key[r["protocol_key"]] += r["n"]
-    if not runs_per_key:
-        return None, {}
-    key = min(runs_per_key, key=lambda k: (-runs_per_key[k], k))
-    return key, {(r["run__method__family"], r["run__method__params_hash"]):
-                 Aggregate(r["n"], r["mean"], r["low"], r["high"], r["method_id"])
-                 for r in rows if r["protocol_key"] == key}
+    return [Group(r["metric"], r["protocol_key"], (r["run__method__family"], r["run__method__params_hash"]),
+                  r["context_length"], Aggregate(r["n"], r["mean"], r["low"], r["high"], r["method_id"]),
+                  r["example"]) for r in rows]
 
 
 def lengths(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, dataset: Dataset,
-            training: dict[str, Any], metric: str = "perplexity") -> list[int]:
-    """The context lengths this metric was measured at here, ascending: one query."""
-    if metric in LENGTH_FREE_METRICS:
-        return []
-    return list(_pool(teams, base_model, dataset, training, metric)
+            training: dict[str, Any], metric: str) -> list[int]:
+    """The context lengths *metric* was measured at here, ascending: one query."""
+    return list(_pool(teams, base_model, dataset, training, [metric]).filter(context_length__isnull=False)
                 .values_list("context_length", flat=True).distinct().order_by("context_length"))
+
+
+def run_protocols(run_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The runs' recorded protocols (one example run per protocol key): one query."""
+    return dict(Run.objects.filter(pk__in=list(run_ids)).values_list("pk", "protocol"))
+
+
+def recent_runs(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, dataset: Dataset,
+                training: dict[str, Any], metric: str, protocol_key: str,
+                length: int | None) -> dict[Config, list[str]]:
+    """Each configuration's RUN_LINKS most recent runs measured at *length*, newest first: one query."""
+    per_run = 1 if metric not in GRID_METRICS else 64  # a grid metric has one row per depth of each run
+    recent: dict[Config, list[str]] = defaultdict(list)
+    ranked = (
+        _pool(teams, base_model, dataset, training, [metric]).filter(protocol_key=protocol_key, context_length=length)
+        .annotate(rank=Window(RowNumber(), partition_by=[F("run__method__family"), F("run__method__params_hash")],
+                              order_by=F("run_id").desc()))
+        .filter(rank__lte=RUN_LINKS * per_run)
+        .order_by("-run_id").values_list("run__method__family", "run__method__params_hash", "run__uuid")
+    )
+    for family, digest, run_uuid in ranked:
+        links = recent[(family, digest)]
+        if str(run_uuid) not in links and len(links) < RUN_LINKS:
+            links.append(str(run_uuid))
+    return recent
 
 
 def methods(ids: Iterable[int]) -> dict[int, Method]:

@@ -135,7 +135,6 @@ def experiment_detail(request: HttpRequest, experiment_id: str) -> HttpResponse:
         "device_note": "the worker's device (CUDA when it has one, else the CPU)",
         "chart": {
             "charts": detail.charts,
-            "series": detail.series,
             "protocols": detail.protocols,
             "original_context": base.original_context,
             "limits": [asdict(limit) for limit in limits if limit.length is not None],

@@ -105,8 +105,8 @@ def test_runs_of_two_experiments_side_by_side(owner: Any, experiment: Experiment
     comparison = response.context["comparison"]
     labels = ["pi ×2.0 · Zebra question", "yarn ×4.0 · Yak question"]
     assert [c.label for c in comparison.columns] == labels
-    assert list(comparison.chart["series"]) == labels, "both experiments' perplexity curves overlaid"
-    assert list(comparison.chart["charts"]["series"]["perplexity"]) == labels
+    assert list(comparison.chart["charts"]["series"]["perplexity"]) == labels, "both experiments' curves overlaid"
+    assert "series" not in comparison.chart, "the perplexity series is sent once, inside charts"
     html = response.content.decode()
     for run, label in zip((first, yarn), labels, strict=True):
         assert label in html

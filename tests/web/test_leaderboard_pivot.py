@@ -48,7 +48,7 @@ class _Table(HTMLParser):
 def table(html: str) -> list[list[str]]:
     parser = _Table()
     parser.feed(html)
-    return [row[:-1] if row and row[-1] in ("links",) or (row and row[-1].startswith("compare")) else row
+    return [row[:-1] if (row and row[-1] in ("links",)) or (row and row[-1].startswith("compare")) else row
             for row in parser.rows]
 
 
@@ -146,6 +146,8 @@ def test_the_summary_has_one_column_per_metric_at_the_chosen_length(owner: Any, 
     for i, run in enumerate(experiment.runs.order_by("id")):
         Measurement.objects.create(run=run, metric="passkey_accuracy", value=0.5 + i / 4, context_length=512)
         Measurement.objects.create(run=run, metric="ruler_effective_length", value=256.0 * (i + 1))
+        for short, ratio in ((64, 0.9), (128, 0.7)):  # retention: lengths of its own, averaged
+            Measurement.objects.create(run=run, metric="retention_perplexity", value=ratio, context_length=short)
         for depth in (0.0, 1.0):
             Measurement.objects.create(run=run, metric="needle_exact", value=depth, context_length=512, depth=depth)
     response = pivot(login(owner), view="summary", length=512)
@@ -156,6 +158,7 @@ def test_the_summary_has_one_column_per_metric_at_the_chosen_length(owner: Any, 
     row = dict(zip(header, rows[2], strict=True))  # pi ×3: the higher perplexity sorts second
     assert row["perplexity @ 512"] == "11.51" and row["passkey @ 512"] == "0.750"
     assert row["RULER eff. length"] == "512" and row["needle @ 512"] == "0.500" and row["LongPPL @ 512"] == ""
+    assert row["retention"] == "0.800", "the mean over its short lengths; one run, so no spread"
     assert table(pivot(login(owner), view="summary", length=256).content.decode())[0][4] == "perplexity @ 256"
 
 

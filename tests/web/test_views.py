@@ -108,7 +108,9 @@ def test_experiment_page_has_chart_runs_and_local_plotly(owner: Any, experiment:
     for run in experiment.runs.all():
         assert f'data-run="{run.uuid}"' in html
     assert response.context["chart"]["original_context"] == 256
-    assert set(response.context["chart"]["series"]) == {run.method.name for run in experiment.runs.all()}
+    assert set(response.context["chart"]["charts"]["series"]["perplexity"]) == {
+        run.method.name for run in experiment.runs.all()}
+    assert "series" not in response.context["chart"], "the perplexity series is embedded once, inside charts"
 
 
 def test_plotly_is_served_locally(settings: Any, db: None) -> None:

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 
 from experiments.models import BaseModel, Membership, Team
 from tests.web.factories import PASSWORD, make_user
-from tests.web.test_model_page import LLAMA31_FACTS
+from tests.web.helpers import LLAMA31_FACTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

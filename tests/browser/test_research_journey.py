@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,7 +123,7 @@ def test_compose_rerun_compare_pivot_csv_archive(page: Any, live_server: Any, ce
     # 5. Its CSV is exactly that table.
     with page.expect_download() as download:
         page.click("[data-role=pivot-csv]")
-    downloaded = list(csv.reader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
+    downloaded = list(csv.reader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
     assert downloaded == shown
 
     # 6. Archive the first experiment: gone from the list and the leaderboard, still at its address.

@@ -50,7 +50,7 @@ def _purge_broker() -> None:
 
 
 @pytest.fixture(scope="session")
-def worker_factory(django_db_setup, django_db_blocker) -> Iterator[Callable[..., WorkerProcess]]:  # noqa: ANN001
+def worker_factory(django_db_setup, django_db_blocker) -> Iterator[Callable[..., WorkerProcess]]:
     """Start workers against the test database (names resolved after pytest-django created it)."""
     ARTIFACTS.mkdir(exist_ok=True)
     with django_db_blocker.unblock():

@@ -11,7 +11,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from gpu_workers.demo.build_model import train_tokenizer
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
+WORDS = [
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu",
+    "xi", "omicron", "pi", "rho", "sigma", "tau",
+]
 
 
 def _texts(n: int, words: int, seed: int) -> list[str]:
@@ -22,7 +25,7 @@ def _texts(n: int, words: int, seed: int) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = train_tokenizer(_texts(50, 200, 0) + ["0123456789 The pass key is. What is the pass key?"], 300)
+    tokenizer = train_tokenizer([*_texts(50, 200, 0), "0123456789 The pass key is. What is the pass key?"], 300)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -151,11 +151,11 @@ def test_the_spec_and_the_forms_use_the_catalog_s_choices() -> None:
     from experiments import forms
     from gpu_workers import spec
 
-    assert spec.EVALUATIONS == tuple(catalog.EVALUATIONS)
+    assert tuple(catalog.EVALUATIONS) == spec.EVALUATIONS
     assert spec.PPL_PROTOCOLS == ("truncate", "sliding")
-    assert spec.NEEDLE_FORMATS == catalog.keys(catalog.NEEDLE_FORMATS)
-    assert spec.TRAIN_MODES == catalog.keys(catalog.TRAINING_MODES)
-    assert spec.DATA_STRATEGIES == catalog.keys(catalog.DATA_STRATEGIES)
+    assert catalog.keys(catalog.NEEDLE_FORMATS) == spec.NEEDLE_FORMATS
+    assert catalog.keys(catalog.TRAINING_MODES) == spec.TRAIN_MODES
+    assert catalog.keys(catalog.DATA_STRATEGIES) == spec.DATA_STRATEGIES
     fields = {**forms.EvaluationForm.base_fields, **forms.TrainingForm.base_fields}
     assert fields["suite"].choices == [(e.key, e.label) for e in catalog.EVALUATIONS.values()]
     for name, vocabulary in (("protocol", catalog.PERPLEXITY_PROTOCOLS), ("needle_format", catalog.NEEDLE_FORMATS),
@@ -173,7 +173,7 @@ def test_the_leaderboards_and_charts_use_the_catalog_s_metrics() -> None:
     assert set(leaderboard.METRICS) <= set(pivot.PIVOT_METRICS) | selectors.LENGTH_FREE_METRICS
     assert {"needle_exact", "forward_seconds"} <= set(pivot.PIVOT_METRICS)
     assert [c.metric for c in pivot.SUMMARY_COLUMNS] == [m.key for m in catalog.SUMMARY_METRICS]
-    assert selectors.LOWER_IS_BETTER >= {"perplexity", "longppl", "needle_perplexity", "forward_seconds"}
+    assert {"perplexity", "longppl", "needle_perplexity", "forward_seconds"} <= selectors.LOWER_IS_BETTER
     assert not selectors.LOWER_IS_BETTER & {"passkey_accuracy", "needle_exact", "ruler_average",
                                             "retention_perplexity", "ruler_effective_length"}
     assert evaluation_charts.SERIES_METRICS["passkey"] == "passkey_accuracy"

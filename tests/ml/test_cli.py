@@ -26,10 +26,11 @@ from gpu_workers.reporter import Cancelled, Measurement, MemoryReporter
 from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-WORDS = (
-    "the a of and to in is that for it as with was on be by this are from at or an which have not model "
-    "context window position token sequence attention layer head rotary frequency long short text"
-).split()
+WORDS = [
+    "the", "a", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "was", "on", "be", "by", "this",
+    "are", "from", "at", "or", "an", "which", "have", "not", "model", "context", "window", "position", "token",
+    "sequence", "attention", "layer", "head", "rotary", "frequency", "long", "short", "text",
+]
 
 
 def _cli(*args: str | Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -10,6 +10,7 @@ slipped past the composer.
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def test_each_training_step_uses_the_rope_evaluation_uses_at_its_length(tiny_mod
     spec = TrainSpec(mode="finetune", steps=6, warmup_steps=1, grad_accum=2, mixed_windows=True, short_fraction=0.5,
                      seed=0)
     kinds = step_kinds(6, 0.5, 0, True)
-    assert any(not a and b for a, b in zip(kinds, kinds[1:], strict=False))  # a short step right after a long one
+    assert any(not a and b for a, b in itertools.pairwise(kinds))  # a short step right after a long one
     model = loaded.model
     calls: list[tuple[int, Tables]] = []
     per_step: list[list[tuple[int, Tables]]] = []

@@ -55,7 +55,7 @@ def test_model_facts_read_from_config(tiny_model_dir: Path) -> None:
 def test_unknown_model_sources_are_named(tmp_path: Path) -> None:
     with pytest.raises(ModelSourceError, match="No model directory"):
         inspect_model(str(tmp_path / "missing"))
-    with pytest.raises(ModelSourceError, match="No config.json in"):
+    with pytest.raises(ModelSourceError, match=r"No config\.json in"):
         inspect_model(str(tmp_path))
     with pytest.raises(ModelSourceError, match="local Hugging Face cache"):
         inspect_model("nobody/no-such-model-xyz")

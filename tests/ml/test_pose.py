@@ -7,6 +7,7 @@ attention mask so the chunks still attend to each other, and a resumed run must 
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 from pathlib import Path
 
@@ -33,7 +34,7 @@ PI = MethodSpec("pi", {"factor": 4.0})
 
 def _runs(ids: list[int]) -> int:
     """Maximal runs of consecutive ids: the chunks whose skip actually moved them."""
-    return 1 + sum(b - a != 1 for a, b in zip(ids, ids[1:], strict=False))
+    return 1 + sum(b - a != 1 for a, b in itertools.pairwise(ids))
 
 
 @pytest.mark.parametrize("chunks", [1, 2, 3, 5])
@@ -41,7 +42,7 @@ def test_pose_ids_rise_within_chunks_start_at_zero_and_stay_inside_the_target(ch
     for seed in range(300):
         ids = pose_position_ids(ORIGINAL, TARGET, chunks, seed)
         assert len(ids) == ORIGINAL and ids[0] == 0 and max(ids) <= TARGET - 1
-        assert all(b > a for a, b in zip(ids, ids[1:], strict=False))  # strictly increasing, chunk to chunk too
+        assert all(b > a for a, b in itertools.pairwise(ids))  # strictly increasing, chunk to chunk too
         assert _runs(ids) <= chunks
     # Two skips coincide only when a draw repeats the one before (each u_i is drawn from [u_{i-1}, room], so late
     # chunks often reach the ceiling); otherwise every chunk shows as its own run of consecutive ids.

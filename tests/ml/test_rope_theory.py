@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -79,13 +80,13 @@ def test_yarn_ramp_dims_do_not_depend_on_the_factor() -> None:
 
 def test_longrope2_critical_dim_for_llama2() -> None:
     assert rope_theory.longrope2_critical_dim(128, 10000.0, 4096) == 45
-    assert 45 == rope_theory.critical_dimension(128, 1e4, 4096) // 2 - 1  # one pair below Liu et al.'s 92 / 2
+    assert rope_theory.critical_dimension(128, 1e4, 4096) // 2 - 1 == 45  # one pair below Liu et al.'s 92 / 2
 
 
 def test_wavelengths_start_at_two_pi_and_grow_by_the_base() -> None:
     waves = rope_theory.wavelengths(32, 10000.0)
     assert len(waves) == 16 and waves[0] == pytest.approx(2 * math.pi)
-    assert all(b / a == pytest.approx(10000 ** (2 / 32)) for a, b in zip(waves, waves[1:], strict=False))
+    assert all(b / a == pytest.approx(10000 ** (2 / 32)) for a, b in itertools.pairwise(waves))
     with pytest.raises(ValueError):
         rope_theory.wavelengths(31, 10000.0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -49,7 +50,7 @@ class Recorder:
 
 
 def _monotone(values: tuple[float, ...]) -> bool:
-    return all(a <= b for a, b in zip(values, values[1:], strict=False))
+    return all(a <= b for a, b in itertools.pairwise(values))
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -152,7 +153,7 @@ def test_every_candidate_is_monotone_and_within_bounds() -> None:
     for candidate in fitness.calls:
         assert len(candidate.factors) == 16
         assert _monotone(candidate.factors)
-        assert 1.0 <= min(candidate.factors) and max(candidate.factors) <= high
+        assert min(candidate.factors) >= 1.0 and max(candidate.factors) <= high
         assert 1.0 <= candidate.attention_factor <= 1.3
         assert candidate.n_hat in (0, 2, 8)
     assert {c.n_hat for c in fitness.calls} == {0, 2, 8}
@@ -549,9 +550,11 @@ def test_batched_fitness_equals_the_single_fitness_per_candidate(demo: tuple[Loa
 
 def test_the_per_row_override_refuses_a_batch_of_another_size(demo: tuple[LoadedModel, list[list[int]]]) -> None:
     base, docs = demo
-    with rope_override_rows(base.model, base.facts.rope, [Candidate(tuple(FACTORS), 0, 1.0)] * 2, 2):
-        with pytest.raises(ValueError, match="expects 4 batch rows, got 1"):
-            perplexity.token_losses(base.model, docs[0][:64], CPU.device)
+    with (
+        rope_override_rows(base.model, base.facts.rope, [Candidate(tuple(FACTORS), 0, 1.0)] * 2, 2),
+        pytest.raises(ValueError, match="expects 4 batch rows, got 1"),
+    ):
+        perplexity.token_losses(base.model, docs[0][:64], CPU.device)
     assert "forward" not in base.model.model.rotary_emb.__dict__
 
 

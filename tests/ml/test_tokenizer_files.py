@@ -95,7 +95,7 @@ def test_length_stats_answer_what_long_documents_finds(tiny_model_dir: Path, tin
             long_documents(spec, tok, min_tokens, found + 1)
     assert stats.haystack_tokens("all") == stats.tokens == sum(stats.tokens_by_source.values())
     assert stats.haystack_tokens("greek") == sum(stats.lengths_by_source["greek"])
-    with pytest.raises(DatasetError, match="no documents from source 'poems'.*its sources: greek, letters"):
+    with pytest.raises(DatasetError, match=r"no documents from source 'poems'.*its sources: greek, letters"):
         stats.haystack_tokens("poems")
     assert LengthStats.from_json(json.loads(json.dumps(stats.to_json()))) == stats
 

@@ -25,10 +25,11 @@ from tests.web.factories import login, make_experiment, make_user
 from webapp.celery import LENGTH_STATS_TASK, RUN_TASK
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-WORDS = (
-    "rotary position embedding context window interpolation frequency attention token sequence model layer head "
-    "the a of and to in is that for it as with was on be by this are from at or an which have not"
-).split()
+WORDS = [
+    "rotary", "position", "embedding", "context", "window", "interpolation", "frequency", "attention", "token",
+    "sequence", "model", "layer", "head", "the", "a", "of", "and", "to", "in", "is", "that", "for", "it", "as",
+    "with", "was", "on", "be", "by", "this", "are", "from", "at", "or", "an", "which", "have", "not",
+]
 
 
 def _tokenizer_source() -> Path:

@@ -12,29 +12,9 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
-from experiments import services
 from experiments.models import BaseModel, Dataset, Experiment, Run
 from tests.web.factories import login
-
-
-def token_client(user: Any) -> Client:
-    _, key = services.create_api_token(user, "test")
-    return Client(HTTP_AUTHORIZATION=f"Token {key}")
-
-
-def post_json(client: Client, url: str, body: Any) -> Any:
-    return client.post(url, json.dumps(body), content_type="application/json")
-
-
-def body(team: Any, base_model: BaseModel, dataset: Dataset, **overrides: Any) -> dict[str, Any]:
-    data = {
-        "name": "API question", "team": team.name, "base_model": base_model.name, "dataset": dataset.pk,
-        "target_length": 1024, "eval_lengths": [256, 1024], "eval_documents": 4,
-        "methods": [{"family": "none"}, {"family": "yarn", "params": {"factor": 4, "beta_fast": 16}}],
-    }
-    data.update(overrides)
-    return data
-
+from tests.web.helpers import body, post_json, token_client
 
 # --- auth -----------------------------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from gpu_workers.loading import load
 from gpu_workers.methods import validate
 from gpu_workers.spec import MethodSpec
 from tests.web.factories import login, make_experiment
-from tests.web.test_views import csrf_token
+from tests.web.helpers import csrf_token, token_client
 
 TARGET = 1024
 
@@ -197,11 +197,6 @@ def test_export_button_only_for_members_on_succeeded_runs(owner: Any, viewer: An
 
 
 # --- the JSON API ---------------------------------------------------------------------------------------------
-
-
-def token_client(user: Any) -> Client:
-    _, key = services.create_api_token(user, "test")
-    return Client(HTTP_AUTHORIZATION=f"Token {key}")
 
 
 @pytest.mark.parametrize(("who", "status"), [("owner", 201), ("teammate", 201), ("viewer", 403), ("outsider", 404)])

@@ -210,7 +210,7 @@ def test_more_than_ten_runs(owner: Any, team: Team, base_model: BaseModel, datas
     response = login(owner).get(URL, {"runs": ",".join(ids(*runs))})
     comparison = response.context["comparison"]
     assert len(comparison.columns) == 12 and len({c.label for c in comparison.columns}) == 12
-    assert len(comparison.chart["series"]) == 12
+    assert len(comparison.chart["charts"]["series"]["perplexity"]) == 12
     assert response.content.decode().count('data-role="run-label"') == 12
 
 

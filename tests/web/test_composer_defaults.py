@@ -4,7 +4,6 @@ methods and length, the model's facts beside it, and a run-time estimate from ea
 from __future__ import annotations
 
 from datetime import timedelta
-from html.parser import HTMLParser
 from typing import Any
 
 import pytest
@@ -15,76 +14,9 @@ from django.utils import timezone
 from experiments import composer_defaults, run_estimate
 from experiments.models import BaseModel, Dataset, Experiment, Measurement, Run, Team
 from tests.web.factories import login, make_experiment
+from tests.web.helpers import form_values
 
 DEFAULT_NAME = "none vs PI vs Dynamic NTK vs YaRN @ 1,024"
-
-
-class FormValues(HTMLParser):
-    """What a browser submits from the page's ``#composer`` form, ignoring ``<template>`` contents."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.data: list[tuple[str, str]] = []
-        self._in_form = self._in_template = False
-        self._select: str | None = None
-        self._select_first: str | None = None
-        self._select_chosen = False
-        self._textarea: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "form" and a.get("id") == "composer":
-            self._in_form = True
-        elif tag == "template":
-            self._in_template = True
-        if not self._in_form or self._in_template:
-            return
-        if tag == "input" and a.get("name"):
-            kind = a.get("type", "text")
-            if kind in ("checkbox", "radio"):
-                if "checked" in a:
-                    self.data.append((a["name"], a.get("value", "on")))
-            elif kind not in ("submit", "button"):
-                self.data.append((a["name"], a.get("value", "")))
-        elif tag == "select":
-            self._select, self._select_first, self._select_chosen = a.get("name"), None, False
-        elif tag == "option" and self._select:
-            if self._select_first is None:
-                self._select_first = a.get("value", "")
-            if "selected" in a:
-                self.data.append((self._select, a.get("value", "")))
-                self._select_chosen = True
-        elif tag == "textarea":
-            self._textarea = a.get("name")
-            self.data.append((self._textarea or "", ""))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "template":
-            self._in_template = False
-        elif tag == "form":
-            self._in_form = False
-        elif tag == "select" and self._select:
-            if not self._select_chosen and self._select_first is not None:
-                self.data.append((self._select, self._select_first))
-            self._select = None
-        elif tag == "textarea":
-            self._textarea = None
-
-    def handle_data(self, data: str) -> None:
-        if self._textarea and self.data and self.data[-1][0] == self._textarea:
-            self.data[-1] = (self._textarea, self.data[-1][1] + data)
-
-    def post_data(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name, value in self.data:
-            out.setdefault(name, []).append(value)
-        return {k: v if len(v) > 1 or k == "eval-suite" else v[0] for k, v in out.items()}
-
-
-def form_values(html: str) -> dict[str, Any]:
-    parser = FormValues()
-    parser.feed(html)
-    return parser.post_data()
 
 
 # --- defaults ---------------------------------------------------------------------------------------------------

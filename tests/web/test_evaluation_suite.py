@@ -11,8 +11,7 @@ from experiments import evaluation_charts, selectors, services
 from experiments.forms import Composer
 from experiments.models import BaseModel, Dataset, Experiment, Measurement
 from tests.web.factories import login, make_experiment
-from tests.web.test_api import body, post_json, token_client
-from tests.web.test_forms import composer_post
+from tests.web.helpers import body, composer_post, post_json, token_client
 
 
 def test_composer_stores_the_suite_with_a_derived_stride(owner: Any, team: Any, base_model: BaseModel,

@@ -31,11 +31,7 @@ from experiments.models import (
 )
 from gpu_workers.methods import validate
 from tests.web.factories import login, make_experiment, make_user, method
-from tests.web.test_api import token_client
-from tests.web.test_composer_defaults import form_values
-from tests.web.test_experiment_list import QUERIES, dashboard, names
-from tests.web.test_forms import composer_post
-from tests.web.test_teams import csrf_client, post
+from tests.web.helpers import QUERIES, composer_post, csrf_client, dashboard, form_values, names, post, token_client
 
 PEOPLE = ("author", "teammate", "viewer", "outsider", "owner")
 """The experiment's author (a member), another member, a viewer, someone in another team, the team's admin."""
@@ -361,9 +357,11 @@ def test_delete_is_one_transaction(owner: Any, zebra: Experiment) -> None:
     """A failure after the measurements went (here: building the summary) puts everything back."""
     with_everything(zebra)
     before = rows_of(zebra)
-    with mock.patch.object(lifecycle_services, "Deleted", side_effect=RuntimeError("disk on fire")):
-        with pytest.raises(RuntimeError):
-            lifecycle_services.delete_experiment(owner, zebra)
+    with (
+        mock.patch.object(lifecycle_services, "Deleted", side_effect=RuntimeError("disk on fire")),
+        pytest.raises(RuntimeError),
+    ):
+        lifecycle_services.delete_experiment(owner, zebra)
     assert rows_of(zebra) == before and Experiment.objects.filter(pk=zebra.pk).exists()
 
 

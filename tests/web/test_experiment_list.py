@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from experiments.models import BaseModel, Dataset, Experiment, Run, Team
 from tests.web.factories import login
-from tests.web.test_api import token_client
+from tests.web.helpers import QUERIES, dashboard, names, token_client
 
 
 def bulk_experiments(team: Team, user: Any, base_model: BaseModel, dataset: Dataset, n: int,
@@ -25,16 +25,6 @@ def bulk_experiments(team: Team, user: Any, base_model: BaseModel, dataset: Data
                    evaluations={"suite": ["perplexity"]})
         for i in range(n)
     ])
-
-
-def names(html: str) -> list[str]:
-    return re.findall(r'<td><a href="/experiments/[^"]+/">([^<]+)</a></td>', html)
-
-
-def dashboard(client: Client, **query: Any) -> str:
-    response = client.get(reverse("dashboard"), query)
-    assert response.status_code == 200
-    return response.content.decode()
 
 
 @pytest.fixture
@@ -205,11 +195,6 @@ def test_rows_show_what_they_showed(owner: Any, mixed: dict[str, Experiment]) ->
 
 
 # --- query counts -------------------------------------------------------------------------------------------
-
-
-QUERIES = {"dashboard": 9, "api_experiments": 4}
-"""Dashboard: session, user, the three filter selects, count, page, teams, can-submit. API: token lookup,
-its last-used stamp, count, page."""
 
 
 @pytest.mark.parametrize("query", [{}, {"status": "succeeded", "q": "exp", "page": "2"}])

@@ -16,9 +16,7 @@ from django.urls import reverse
 
 from experiments.models import BaseModel, Dataset, Experiment, Method, Run
 from tests.web.factories import login
-from tests.web.test_api import body, post_json, token_client
-from tests.web.test_forms import composer_post
-from tests.web.test_views import csrf_token
+from tests.web.helpers import body, composer_post, csrf_token, post_json, token_client
 
 CASES = [
     pytest.param("llama3", {"low_freq_factor": 4, "high_freq_factor": 2}, "high_freq_factor",

@@ -9,32 +9,7 @@ import pytest
 
 from experiments.forms import BaseModelForm, Composer, DatasetForm, default_eval_lengths, parse_lengths
 from experiments.models import BaseModel, Dataset, Experiment, Method, Run
-
-
-def composer_post(team: Any, base_model: Any, dataset: Any, rows: list[dict[str, str]] | None = None,
-                  **fields: Any) -> dict[str, Any]:
-    """The POST body the composer page sends."""
-    rows = rows if rows is not None else [{"family": "none"}, {"family": "pi"}]
-    data: dict[str, Any] = {
-        "team": team.pk, "name": "Does YaRN beat PI?", "base_model": base_model.pk, "dataset": dataset.pk,
-        "target_length": 1024, "eval_lengths": "", "eval_documents": 4,
-        "methods-TOTAL_FORMS": len(rows), "methods-INITIAL_FORMS": 0, "methods-MIN_NUM_FORMS": 0,
-        "methods-MAX_NUM_FORMS": 12,
-        "eval-suite": ["perplexity", "passkey", "needle"], "eval-protocol": "truncate", "eval-stride": "",
-        "eval-passkey_samples": 20, "eval-passkey_depth": "", "eval-needle_depths": "0, 0.5, 1",
-        "eval-needle_samples": 2, "eval-needle_format": "passkey", "eval-needle_variant": "single",
-        "eval-needle_count": 4,
-        "train-mode": "none", "train-steps": 100, "train-learning_rate": 3e-4, "train-warmup_steps": 10,
-        "train-batch_size": 1, "train-grad_accum": 1, "train-lora_rank": 8, "train-lora_alpha": 16,
-        "train-s2_group_fraction": 0.25, "train-short_fraction": 0.5, "train-data_strategy": "per_source",
-        "train-keep_short_p": 0.15, "train-upsample_multiplier": 2.0, "train-passkey_fraction": 0.0,
-        "train-checkpoint_every": 50, "train-seed": 0,
-    }
-    data.update(fields)
-    for i, row in enumerate(rows):
-        for key, value in row.items():
-            data[f"methods-{i}-{key}"] = value
-    return data
+from tests.web.helpers import composer_post
 
 
 def counts() -> tuple[int, ...]:

@@ -11,9 +11,7 @@ from experiments import selectors, services, worker
 from experiments.forms import Composer
 from experiments.models import BaseModel, Dataset, Measurement, Run
 from tests.web.factories import login, make_experiment
-from tests.web.test_api import token_client
-from tests.web.test_forms import composer_post
-from tests.web.test_views import csrf_token
+from tests.web.helpers import composer_post, csrf_token, token_client
 
 
 def _register(client: Any, team: Any, data_file: Any, **fields: Any) -> Any:

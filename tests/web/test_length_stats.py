@@ -17,7 +17,7 @@ from experiments.forms import Composer
 from experiments.models import BaseModel, Dataset, DatasetLengthStats, Experiment
 from gpu_workers.tokenizer_files import tokenizer_key
 from tests.web.factories import login
-from tests.web.test_forms import composer_post
+from tests.web.helpers import composer_post
 
 Status = DatasetLengthStats.Status
 

@@ -20,6 +20,7 @@ from django.urls import reverse
 
 from experiments.models import BaseModel, Dataset, Team
 from tests.web.factories import login, make_experiment
+from tests.web.helpers import LLAMA31_FACTS
 
 PHI_FACTS: dict[str, Any] = {
     "architecture": "PhiForCausalLM", "model_type": "phi", "has_rope": True, "head_dim": 16,
@@ -27,17 +28,6 @@ PHI_FACTS: dict[str, Any] = {
     "rope_type": "default", "original_context": 2048, "max_position_embeddings": 2048,
     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
     "num_layers": 2, "num_heads": 4, "num_kv_heads": 4, "hidden_size": 64, "parameters": 123456,
-}
-LLAMA31_ROPE: dict[str, Any] = {
-    "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
-LLAMA31_FACTS: dict[str, Any] = {
-    "architecture": "LlamaForCausalLM", "model_type": "llama", "has_rope": True, "head_dim": 64,
-    "head_dim_explicit": False, "partial_rotary_factor": 1.0, "rotary_dim": 64, "rope_theta": 500000.0,
-    "rope_type": "llama3", "original_context": 8192, "max_position_embeddings": 131072,
-    "rope_parameters": LLAMA31_ROPE, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "hidden_size": 128,
-    "parameters": None,
 }
 
 

@@ -22,7 +22,7 @@ from experiments.models import BaseModel
 from gpu_workers.demo import DEMO_MODEL_DIR
 from tests.ml.architectures import save_tiny
 from tests.web.factories import login
-from tests.web.test_api import post_json, token_client
+from tests.web.helpers import post_json, token_client
 
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json")
 

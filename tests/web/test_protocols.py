@@ -15,7 +15,7 @@ from experiments.models import Experiment, Measurement, Run
 from gpu_workers import protocol as protocols
 from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec
 from tests.web.factories import login, make_experiment
-from tests.web.test_forms import composer_post
+from tests.web.helpers import composer_post
 
 pytestmark = pytest.mark.django_db
 

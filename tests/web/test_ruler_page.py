@@ -11,68 +11,12 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-from experiments import evaluation_charts, selectors, services
+from experiments import evaluation_charts, selectors
 from experiments.evaluation_charts import Row
 from experiments.models import BaseModel, Dataset, Experiment, Measurement, Run, Team
 from gpu_workers import protocol
 from tests.web.factories import login, make_experiment
-
-LENGTHS = (256, 512, 1024)
-SUITE = ["perplexity", "longppl", "ruler"]
-SETTINGS = {"suite": SUITE, "ruler_tasks": ["niah_single_1", "niah_multikey_1", "vt", "cwe"], "ruler_samples": 4,
-            "ruler_threshold": 0.8, "longppl_gain": 1.5, "longppl_bound": 2.5}
-TASK_SCORES = {
-    # task: scores at 256, 512, 1024 (None: not measured, e.g. a run cancelled half-way)
-    "niah_single_1": (1.0, 1.0, 0.75),
-    "niah_multikey_1": (1.0, 0.75, 0.25),
-    "vt": (0.5, 0.5, None),
-    "cwe": (0.9, 0.3, 0.1),
-}
-
-
-def ruler_rows(run: Run, scale: float = 1.0, effective: int | None = 512) -> list[Measurement]:
-    """A run's RULER measurements: tasks, groups, the average, references and effective lengths."""
-    rows = []
-    for task, scores in TASK_SCORES.items():
-        for length, score in zip(LENGTHS, scores, strict=True):
-            if score is not None:
-                rows.append(Measurement(run=run, metric=f"ruler_{task}", value=score * scale, context_length=length,
-                                        samples=4, ci_low=0.0, ci_high=1.0))
-    groups = {"retrieval": ("niah_single_1", "niah_multikey_1"), "multi_hop": ("vt",), "aggregation": ("cwe",)}
-    for i, length in enumerate(LENGTHS):
-        measured = {t: s[i] * scale for t, s in TASK_SCORES.items() if s[i] is not None}
-        rows.append(Measurement(run=run, metric="ruler_average", value=sum(measured.values()) / len(measured),
-                                context_length=length, samples=4 * len(measured)))
-        for group, tasks in groups.items():
-            values = [measured[t] for t in tasks if t in measured]
-            if values:
-                rows.append(Measurement(run=run, metric=f"ruler_group_{group}", value=sum(values) / len(values),
-                                        context_length=length))
-    rows.append(Measurement(run=run, metric="ruler_reference", value=0.85 * scale, context_length=256))
-    if effective is not None:
-        rows.append(Measurement(run=run, metric="ruler_effective_length", value=float(effective)))
-    for group, value in (("retrieval", 1.0), ("multi_hop", 0.5), ("aggregation", 0.9)):
-        rows.append(Measurement(run=run, metric=f"ruler_reference_{group}", value=value * scale, context_length=256))
-    rows.append(Measurement(run=run, metric="ruler_effective_length_retrieval", value=1024.0))
-    rows.append(Measurement(run=run, metric="ruler_effective_length_multi_hop", value=512.0))
-    # aggregation: cwe falls from 0.9 to 0.3 at 512 (< 0.8 × 0.9) → no effective length, a reference all the same
-    return rows
-
-
-def longppl_rows(run: Run, offset: float = 0.0) -> list[Measurement]:
-    rows = []
-    for length, value, keys in zip(LENGTHS, (8.0, 9.5, 14.0), (31, 67, 140), strict=True):
-        rows.append(Measurement(run=run, metric="longppl", value=value + offset, context_length=length, samples=keys,
-                                ci_low=value + offset - 0.5, ci_high=value + offset + 0.5))
-        rows.append(Measurement(run=run, metric="longppl_key_tokens", value=float(keys), context_length=length))
-    return rows
-
-
-def run_protocol(run: Run, dtype: str = "float32") -> dict[str, Any]:
-    spec = services.run_spec_for(run)
-    return protocol.build(spec, tokenizer_digest="0123456789abcdef", dtype=dtype, device="cpu",
-                          attn_implementation="sdpa", original_context=run.experiment.base_model.original_context,
-                          versions={"torch": "2.x", "transformers": "4.x"})
+from tests.web.helpers import LENGTHS, SETTINGS, SUITE, TASK_SCORES, longppl_rows, ruler_rows, run_protocol
 
 
 def measured_experiment(team: Team, owner: Any, base_model: BaseModel, dataset: Dataset, runs: int = 2,

@@ -12,7 +12,7 @@ from django.urls import reverse
 from experiments import selectors, worker
 from experiments.models import Artifact, BaseModel, Dataset, Experiment, Measurement, Method, Run
 from tests.web.factories import login, make_experiment, method
-from tests.web.test_forms import composer_post
+from tests.web.helpers import composer_post
 
 
 def _search_run(team: Any, owner: Any, base_model: BaseModel, dataset: Dataset) -> Run:

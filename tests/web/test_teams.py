@@ -11,19 +11,10 @@ from django.urls import reverse
 
 from experiments.models import Membership, Team
 from tests.web.factories import login, make_user
+from tests.web.helpers import csrf_client, post
 
 PEOPLE = ("owner", "teammate", "viewer", "outsider")
 Role = Membership.Role
-
-
-def csrf_client(user: Any) -> tuple[Client, str]:
-    client = login(user, enforce_csrf=True)
-    assert client.get(reverse("team_list")).status_code == 200
-    return client, client.cookies["csrftoken"].value
-
-
-def post(client: Client, token: str, url: str, data: dict[str, Any] | None = None) -> Any:
-    return client.post(url, {**(data or {}), "csrfmiddlewaretoken": token})
 
 
 def role_of(user: Any, team: Team) -> str | None:

@@ -13,8 +13,7 @@ from experiments.forms import TRAINING_PRESETS, Composer
 from experiments.models import BaseModel, Dataset, Experiment
 from gpu_workers.spec import TrainSpec
 from tests.web.factories import login
-from tests.web.test_api import body, post_json, token_client
-from tests.web.test_forms import composer_post
+from tests.web.helpers import body, composer_post, post_json, token_client
 
 
 def test_every_preset_is_a_valid_training_spec() -> None:

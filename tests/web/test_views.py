@@ -16,18 +16,11 @@ from django.urls import reverse
 
 from experiments.models import ApiToken, BaseModel, Dataset, Experiment, Measurement, Run
 from tests.web.factories import login, make_experiment
-from tests.web.test_forms import composer_post
+from tests.web.helpers import composer_post, csrf_token
 
 EXPERIMENT_PAGES = ("experiment_detail", "experiment_status", "experiment_csv")
 OPEN_PAGES = ("dashboard", "model_list", "dataset_list", "method_list", "leaderboard", "leaderboard_csv", "token_list")
 SUBMIT_PAGES = ("experiment_new", "model_new", "dataset_new")
-
-
-def csrf_token(client: Client, url: str) -> str:
-    """Load a page (as a browser would) and read the CSRF token it set."""
-    response = client.get(url)
-    assert response.status_code == 200
-    return client.cookies["csrftoken"].value
 
 
 def people(request: pytest.FixtureRequest, who: str) -> Any:

@@ -18,7 +18,7 @@ import pytest
 from django.db import connection
 
 from experiments.models import BaseModel, Dataset, Experiment
-from tests.web.test_forms import composer_post
+from tests.web.helpers import composer_post
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = "sorted(m for m in ('torch', 'transformers') if m in sys.modules)"

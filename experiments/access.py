@@ -5,6 +5,8 @@ Outsiders get 404 (an object in another team does not exist for them); viewers g
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
@@ -12,7 +14,7 @@ from django.http import Http404
 
 from experiments.models import BaseModel, Dataset, Experiment, Membership, Method, Run, Team
 
-User = AbstractBaseUser | AnonymousUser
+User: TypeAlias = AbstractBaseUser | AnonymousUser
 SUBMIT_ROLES = (Membership.Role.MEMBER, Membership.Role.ADMIN)
 
 

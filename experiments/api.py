@@ -171,13 +171,9 @@ def _training_data(raw: Any, data: dict[str, Any], errors: dict[str, list[str]])
             data[f"{prefix}-{key}"] = "" if value is None else value
 
 
-def composer_data(user: Any, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """Form data for :class:`Composer` from the API body, plus errors the translation itself found."""
-    errors: dict[str, list[str]] = {}
-    data: dict[str, Any] = {}
-
-    my_teams = teams_of(user)
-    team, problem = _pick(my_teams, body.get("team"), None, "team")
+def _team_data(user: Any, body: dict[str, Any], data: dict[str, Any], errors: dict[str, list[str]]) -> Any:
+    """The team the body names (or the user's only submittable team), into ``data``; returns it (or None)."""
+    team, problem = _pick(teams_of(user), body.get("team"), None, "team")
     if body.get("team") in (None, ""):
         only = list(submit_teams_of(user)[:2])
         team = only[0] if len(only) == 1 else None
@@ -188,16 +184,11 @@ def composer_data(user: Any, body: dict[str, Any]) -> tuple[dict[str, Any], dict
     elif team is not None and not can_submit(user, team):
         raise PermissionDenied("Viewers can look but not start runs.")
     data["team"] = team.pk if team else ""
+    return team
 
-    for key, queryset, what in (
-        ("base_model", visible_base_models(user), "base model"),
-        ("dataset", visible_datasets(user), "dataset"),
-    ):
-        obj, problem = _pick(queryset, body.get(key), team, what)
-        if problem:
-            errors[key] = [problem]
-        data[key] = obj.pk if obj else ""
 
+def _settings_data(body: dict[str, Any], data: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    """The experiment's plain fields: name, target length, evaluation documents and lengths."""
     for key in ("name", "target_length", "eval_documents"):
         value = body.get(key)
         data[key] = "" if value is None else value
@@ -212,10 +203,9 @@ def composer_data(user: Any, body: dict[str, Any]) -> tuple[dict[str, Any], dict
         errors["eval_lengths"] = ["Give eval_lengths as a list of whole numbers of tokens."]
         data["eval_lengths"] = ""
 
-    _evaluation_data(body.get("evaluations"), data, errors)
-    _training_data(body.get("training"), data, errors)
 
-    methods = body.get("methods")
+def _methods_data(methods: Any, data: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    """The method rows as the :class:`Composer` formset's management form plus one form per method."""
     if not isinstance(methods, list) or not all(isinstance(m, dict) for m in methods):
         errors["methods"] = ['Give methods as a list of {"family": ..., "params": {...}} objects.']
         methods = []
@@ -229,6 +219,25 @@ def composer_data(user: Any, body: dict[str, Any]) -> tuple[dict[str, Any], dict
         params = method.get("params") or {}
         data[f"{prefix}-{i}-family"] = family if isinstance(family, str) else ""
         data[f"{prefix}-{i}-params_json"] = json.dumps(params)
+
+
+def composer_data(user: Any, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Form data for :class:`Composer` from the API body, plus errors the translation itself found."""
+    errors: dict[str, list[str]] = {}
+    data: dict[str, Any] = {}
+    team = _team_data(user, body, data, errors)
+    for key, queryset, what in (
+        ("base_model", visible_base_models(user), "base model"),
+        ("dataset", visible_datasets(user), "dataset"),
+    ):
+        obj, problem = _pick(queryset, body.get(key), team, what)
+        if problem:
+            errors[key] = [problem]
+        data[key] = obj.pk if obj else ""
+    _settings_data(body, data, errors)
+    _evaluation_data(body.get("evaluations"), data, errors)
+    _training_data(body.get("training"), data, errors)
+    _methods_data(body.get("methods"), data, errors)
     return data, errors
 
 

@@ -54,6 +54,23 @@ def _grid(cells: dict[tuple[int, float], dict[str, float]]) -> dict[str, Any]:
             "samples": matrix("samples")}
 
 
+def _add_search_row(found: dict[str, Any], row: Row) -> None:
+    """A ``search_*`` row into its run's search summary (best/median/evaluations by generation, factors)."""
+    if row.metric == "search_critical_dim":
+        found["critical_dim"] = int(row.value)
+    elif row.metric == "search_factor" and row.step is not None and row.depth is not None:
+        found["factors"].setdefault(row.step, {})[int(row.depth)] = row.value
+    elif row.step is not None:
+        found[row.metric.removeprefix("search_")][row.step] = row.value
+
+
+def _add_grid_row(cell: dict[str, float], row: Row) -> None:
+    """A needle row into its (length, depth) cell; the cell's sample count is the largest of its rows'."""
+    cell[row.metric] = row.value
+    if row.samples is not None:
+        cell["samples"] = max(cell.get("samples", 0), row.samples)
+
+
 def build(rows: Iterable[Row], methods: list[str], haystacks: dict[str, str] | None = None,
           ruler_threshold: float = DEFAULT_RULER_THRESHOLD) -> dict[str, Any]:
     """{"series": {chart: {method: [[length, value, low, high], …]}}, "needle": [...], "retention": [...],
@@ -76,13 +93,7 @@ def build(rows: Iterable[Row], methods: list[str], haystacks: dict[str, str] | N
             losses[row.method].append([row.step, row.value])
             continue
         if row.metric in SEARCH_METRICS:
-            found = searches[row.method]
-            if row.metric == "search_critical_dim":
-                found["critical_dim"] = int(row.value)
-            elif row.metric == "search_factor" and row.step is not None and row.depth is not None:
-                found["factors"].setdefault(row.step, {})[int(row.depth)] = row.value
-            elif row.step is not None:
-                found[row.metric.removeprefix("search_")][row.step] = row.value
+            _add_search_row(searches[row.method], row)
             continue
         if row.metric.startswith("ruler_"):
             rulers[row.method].add(row)
@@ -90,15 +101,12 @@ def build(rows: Iterable[Row], methods: list[str], haystacks: dict[str, str] | N
         if chart is not None and row.context_length is not None and row.depth is None:
             series[chart].setdefault(row.method, []).append([row.context_length, row.value, row.ci_low, row.ci_high])
         elif row.metric in GRID_METRICS and row.context_length is not None and row.depth is not None:
-            cell = grids[row.method].setdefault((row.context_length, row.depth), {})
-            cell[row.metric] = row.value
-            if row.samples is not None:
-                cell["samples"] = max(cell.get("samples", 0), row.samples)
+            _add_grid_row(grids[row.method].setdefault((row.context_length, row.depth), {}), row)
         elif row.metric in RETENTION_METRICS:
             retention[row.method][row.metric] = row.value
             retention[row.method]["length"] = row.context_length
-    for chart in series.values():
-        for points in chart.values():
+    for by_method in series.values():
+        for points in by_method.values():
             points.sort(key=lambda p: p[0])
     order = {name: i for i, name in enumerate(methods)}
     return {

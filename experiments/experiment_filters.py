@@ -38,11 +38,11 @@ def _date_input(role: str) -> forms.DateInput:
 class ExperimentFilterForm(forms.Form):
     """Bound to the query string; :meth:`filters` is what survived validation (bad fields dropped)."""
 
-    team = forms.ModelChoiceField(queryset=None, required=False, label="Team",  # type: ignore[arg-type]
+    team = forms.ModelChoiceField(queryset=None, required=False, label="Team",
                                   empty_label="All teams")
-    base_model = forms.ModelChoiceField(queryset=None, required=False, label="Base model",  # type: ignore[arg-type]
+    base_model = forms.ModelChoiceField(queryset=None, required=False, label="Base model",
                                         empty_label="All base models")
-    dataset = forms.ModelChoiceField(queryset=None, required=False, label="Dataset",  # type: ignore[arg-type]
+    dataset = forms.ModelChoiceField(queryset=None, required=False, label="Dataset",
                                      empty_label="All datasets")
     status = forms.ChoiceField(choices=[("", "Any run status"), *Run.Status.choices], required=False,
                                label="A run that is")
@@ -66,10 +66,10 @@ class ExperimentFilterForm(forms.Form):
         self.fields["dataset"].queryset = visible_datasets(user).order_by("name", "id")
         for name in ("team", "base_model", "dataset"):
             self.fields[name].error_messages["invalid_choice"] = (
-                f"Unknown {self.fields[name].label.lower()}: ignored."  # type: ignore[union-attr]
+                f"Unknown {self.fields[name].label.lower()}: ignored."
             )
             self.fields[name].error_messages["invalid_pk_value"] = (
-                f"Unknown {self.fields[name].label.lower()}: ignored."  # type: ignore[union-attr]
+                f"Unknown {self.fields[name].label.lower()}: ignored."
             )
         self.fields["status"].error_messages["invalid_choice"] = "Unknown run status: ignored."
         self.fields["method_family"].error_messages["invalid_choice"] = "Unknown method family: ignored."

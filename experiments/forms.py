@@ -267,9 +267,9 @@ class ExperimentForm(forms.Form):
                 "target_length",
                 f"Target length must be at least the model's original context of {base.original_context} tokens.",
             )
-        if base is not None and target is not None and not self.has_error("eval_lengths"):
-            if not data.get("eval_lengths"):
-                data["eval_lengths"] = default_eval_lengths(base.original_context, target)
+        if (base is not None and target is not None and not self.has_error("eval_lengths")
+                and not data.get("eval_lengths")):
+            data["eval_lengths"] = default_eval_lengths(base.original_context, target)
         if not self.errors and base is not None and dataset is not None:
             self._check_dataset_length(base, dataset, data)
         return data
@@ -349,7 +349,8 @@ def parse_depths(raw: str) -> list[float]:
     return depths
 
 
-EVAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalSpec)}
+EVAL_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(EvalSpec)
+                                 if f.default is not dataclasses.MISSING}
 OPTIONAL_SETTINGS = ("ruler_samples", "ruler_threshold", "ruler_max_new_tokens", "longppl_short_window",
                      "longppl_gain", "longppl_bound")
 """Settings a blank (or an older client's missing) value leaves at EvalSpec's default."""
@@ -781,9 +782,10 @@ class Composer:
 
     def _check_evaluation(self, data: dict[str, Any]) -> bool:
         self.evaluation_settings = self.evaluation.settings(data["base_model"].original_context)
+        settings: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in self.evaluation_settings.items()}
         try:
-            EvalSpec(lengths=tuple(data["eval_lengths"]), documents=data["eval_documents"],
-                     **{k: tuple(v) if isinstance(v, list) else v for k, v in self.evaluation_settings.items()})
+            EvalSpec(lengths=tuple(data["eval_lengths"]), documents=data["eval_documents"], **settings)
             self._check_evaluation_against(data)
         except EvalSpecError as exc:
             self._evaluation_error(exc)

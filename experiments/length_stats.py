@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -39,7 +40,8 @@ from webapp.celery import LENGTH_STATS_TASK
 from webapp.celery import app as celery_app
 
 logger = logging.getLogger(__name__)
-Status = DatasetLengthStats.Status
+# Any: without django-stubs mypy reads a TextChoices member as its (value, label) tuple; it is a str.
+Status: Any = DatasetLengthStats.Status
 QUEUE = "control"
 PROGRESS_EVERY_S = 0.5
 """At most two progress writes a second: the dataset page polls, the worker should not hammer the row."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import models
@@ -24,7 +24,7 @@ class Team(models.Model):
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["name"]
+        ordering: ClassVar[list[str]] = ["name"]
 
     def __str__(self) -> str:
         return self.name
@@ -43,7 +43,7 @@ class Membership(models.Model):
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["user", "team"], name="one_membership_per_team")]
+        constraints = (models.UniqueConstraint(fields=["user", "team"], name="one_membership_per_team"),)
 
     def __str__(self) -> str:
         return f"{self.user} in {self.team} ({self.role})"
@@ -69,7 +69,7 @@ class BaseModel(models.Model):
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["name"]
+        ordering: ClassVar[list[str]] = ["name"]
 
     def __str__(self) -> str:
         return self.name
@@ -112,7 +112,7 @@ class Dataset(models.Model):
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["name"]
+        ordering: ClassVar[list[str]] = ["name"]
 
     def __str__(self) -> str:
         return self.name
@@ -172,9 +172,9 @@ class DatasetLengthStats(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["dataset", "requested_at"]
-        constraints = [models.UniqueConstraint(fields=["dataset", "tokenizer_key", "data_key"],
-                                               name="one_length_stats_per_dataset_tokenizer")]
+        ordering: ClassVar[list[str]] = ["dataset", "requested_at"]
+        constraints = (models.UniqueConstraint(fields=["dataset", "tokenizer_key", "data_key"],
+                                               name="one_length_stats_per_dataset_tokenizer"),)
 
     def __str__(self) -> str:
         return f"{self.dataset} in tokenizer {self.tokenizer_key[:12]} ({self.status})"
@@ -197,14 +197,14 @@ class Method(models.Model):
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["family", "name"]
-        constraints = [
+        ordering: ClassVar[list[str]] = ["family", "name"]
+        constraints = (
             # Two partial indexes because NULL teams (shared methods) are distinct in a plain one.
             models.UniqueConstraint(fields=["team", "family", "params_hash"], condition=Q(team__isnull=False),
                                     name="one_method_per_team_config"),
             models.UniqueConstraint(fields=["family", "params_hash"], condition=Q(team__isnull=True),
                                     name="one_shared_method_per_config"),
-        ]
+        )
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         self.params_hash = params_hash(self.params)
@@ -238,7 +238,7 @@ class Experiment(models.Model):
     )
 
     class Meta:
-        ordering = ["-created"]
+        ordering: ClassVar[list[str]] = ["-created"]
 
     def __str__(self) -> str:
         return self.name
@@ -287,7 +287,7 @@ class Run(models.Model):
     )
 
     class Meta:
-        ordering = ["id"]
+        ordering: ClassVar[list[str]] = ["id"]
 
     def __str__(self) -> str:
         return f"{self.method} in {self.experiment} ({self.status})"
@@ -330,9 +330,9 @@ class Measurement(models.Model):
     )
 
     class Meta:
-        ordering = ["id"]
-        indexes = [models.Index(fields=["run", "metric"], name="measurement_run_metric"),
-                   models.Index(fields=["metric", "context_length", "protocol_key"], name="measurement_ranking")]
+        ordering: ClassVar[list[str]] = ["id"]
+        indexes = (models.Index(fields=["run", "metric"], name="measurement_run_metric"),
+                   models.Index(fields=["metric", "context_length", "protocol_key"], name="measurement_ranking"))
 
     def __str__(self) -> str:
         return f"{self.metric}={self.value:g} @ {self.context_length}"
@@ -347,7 +347,7 @@ class Artifact(models.Model):
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["id"]
+        ordering: ClassVar[list[str]] = ["id"]
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.path}"
@@ -372,8 +372,8 @@ class RunAttempt(models.Model):
     traceback = models.TextField(blank=True, help_text="Shown to the team's members and admins, not to viewers.")
 
     class Meta:
-        ordering = ["run", "number"]
-        constraints = [models.UniqueConstraint(fields=["run", "number"], name="one_attempt_row_per_number")]
+        ordering: ClassVar[list[str]] = ["run", "number"]
+        constraints = (models.UniqueConstraint(fields=["run", "number"], name="one_attempt_row_per_number"),)
 
     def __str__(self) -> str:
         return f"attempt {self.number} of run {self.run_id} ({self.outcome})"
@@ -405,8 +405,8 @@ class RunLogChunk(models.Model):
     text = models.TextField()
 
     class Meta:
-        ordering = ["id"]
-        indexes = [models.Index(fields=["run", "attempt", "id"], name="run_log_chunk_order")]
+        ordering: ClassVar[list[str]] = ["id"]
+        indexes = (models.Index(fields=["run", "attempt", "id"], name="run_log_chunk_order"),)
 
     def __str__(self) -> str:
         return f"log of run {self.run_id}, attempt {self.attempt} ({len(self.text)} chars)"
@@ -423,7 +423,7 @@ class ApiToken(models.Model):
     last_used = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["-created"]
+        ordering: ClassVar[list[str]] = ["-created"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

@@ -263,7 +263,7 @@ def _cell(metric: str, agg: pivot_selectors.Aggregate | None) -> PivotCell:
 
 
 def _mark_best(rows: list[PivotRow], column: int, lower: bool) -> None:
-    values = [r.cells[column].value for r in rows if r.cells[column].value is not None]
+    values = [value for r in rows if (value := r.cells[column].value) is not None]
     if not values:
         return
     best = min(values) if lower else max(values)

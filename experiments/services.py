@@ -131,7 +131,7 @@ def run_work_dir(run: Run) -> Path:
 
 
 def eval_spec_for(experiment: Experiment) -> EvalSpec:
-    settings_ = {k: tuple(v) if isinstance(v, list) else v for k, v in experiment.evaluations.items()}
+    settings_: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in experiment.evaluations.items()}
     return EvalSpec(lengths=tuple(experiment.eval_lengths), documents=experiment.eval_documents, **settings_)
 
 

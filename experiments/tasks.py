@@ -7,14 +7,19 @@ Nothing in the app imports this module but Celery (``autodiscover_tasks``): send
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from celery import shared_task
 
 from experiments import length_stats, services, worker
 from webapp.celery import LENGTH_STATS_TASK, RUN_TASK, SWEEP_TASK
 
+if TYPE_CHECKING:
+    from celery import Task
+
 
 @shared_task(name=RUN_TASK, bind=True, acks_late=True)
-def execute_run(self, run_id: str) -> str:  # type: ignore[no-untyped-def]
+def execute_run(self: Task, run_id: str) -> str:
     return worker.execute_run(run_id, worker=self.request.hostname or "")
 
 
@@ -24,5 +29,5 @@ def sweep_stale_runs() -> int:
 
 
 @shared_task(name=LENGTH_STATS_TASK, bind=True, acks_late=True)
-def measure_dataset_lengths(self, task_id: str) -> str:  # type: ignore[no-untyped-def]
+def measure_dataset_lengths(self: Task, task_id: str) -> str:
     return length_stats.measure(task_id, worker=self.request.hostname or "")

@@ -45,7 +45,8 @@ from gpu_workers.reporter import Measurement as ReportedMeasurement
 from gpu_workers.spec import RunSpec
 
 logger = logging.getLogger(__name__)
-Status = Run.Status
+# Any: without django-stubs mypy reads a TextChoices member as its (value, label) tuple; it is a str.
+Status: Any = Run.Status
 MAX_LINE = 1000
 FLUSH_EVERY = 500
 

@@ -10,17 +10,20 @@ baseline is the checkpoint exactly as ``AutoModelForCausalLM.from_pretrained`` g
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpu_workers import methods
 from gpu_workers.device import Placement
 from gpu_workers.model_facts import ModelFacts, inspect_model
 from gpu_workers.spec import MethodSpec
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 @dataclass
 class LoadedModel:
-    model: Any
+    model: PreTrainedModel
     tokenizer: Any
     facts: ModelFacts
     params: dict[str, Any]
@@ -50,7 +53,8 @@ def load(source: str, method: MethodSpec, target_length: int, placement: Placeme
     model = AutoModelForCausalLM.from_pretrained(
         source, config=config, dtype=placement.dtype, attn_implementation="sdpa", local_files_only=True
     )
-    model.to(placement.device).eval()
+    # transformers decorates PreTrainedModel.to with @functools.wraps(Module.to): mypy then sees it unbound.
+    model.to(placement.device).eval()  # type: ignore[arg-type]
     remember_attention_scaling(model)
     if setup.attention is not None:
         position_patches.install(model, setup.attention)

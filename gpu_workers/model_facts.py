@@ -203,7 +203,7 @@ def facts_from_config(config: Any, parameters: int | None = None) -> ModelFacts:
         rotary_dim=rotary_dim,
         max_position_embeddings=max_positions,
         rope_parameters=shipped,
-        head_dim_explicit=bool(explicit) and heads > 0 and int(explicit) != hidden // heads,
+        head_dim_explicit=bool(explicit) and heads > 0 and head_dim != hidden // heads,
     )
 
 

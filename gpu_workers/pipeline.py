@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from gpu_workers.loading import LoadedModel, load
 from gpu_workers.methods.frequencies import original_rotary
 from gpu_workers.reporter import Cancelled, Measurement, Reporter
 from gpu_workers.spec import EVALUATIONS, MIN_PROMPT_LENGTH, EvalSpecError, MethodSpec, RunSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 LOAD_SHARE = 0.1
 """Fraction of the progress bar given to loading, the rest to evaluation."""
@@ -78,7 +81,7 @@ class Context:
     """LongPPL's key tokens per evaluation document, judged by the base model before training."""
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> PreTrainedModel:
         return self.loaded.model
 
     @property
@@ -103,9 +106,9 @@ def _counter(total: int, progress: Progress, what: str) -> Callable[[], None]:
 def _perplexity(ctx: Context, progress: Progress) -> None:
     ev = ctx.spec.eval
     docs = long_documents(ctx.spec.dataset, ctx.loaded.tokenizer, max(ev.lengths), ev.documents)
-    common = dict(device=ctx.device, length_dependent=ctx.loaded.length_dependent,
-                  should_stop=ctx.reporter.should_stop, seed=ctx.spec.seed,
-                  on_document=lambda done, total: progress(done / total, f"{done}/{total} windows"))
+    common: dict[str, Any] = dict(device=ctx.device, length_dependent=ctx.loaded.length_dependent,
+                                  should_stop=ctx.reporter.should_stop, seed=ctx.spec.seed,
+                                  on_document=lambda done, total: progress(done / total, f"{done}/{total} windows"))
     if ev.protocol == "sliding":
         results = perplexity.sliding_perplexity_by_length(ctx.model, docs, ev.lengths, stride=ev.stride, **common)
     else:
@@ -327,7 +330,8 @@ def _train_in_processes(ctx: Context, on_step: Callable[[int, float, float], Non
     trained = Path(ctx.spec.work_dir) / "trained"
     model = AutoModelForCausalLM.from_pretrained(trained, dtype=ctx.placement.dtype, attn_implementation="sdpa",
                                                  local_files_only=True)
-    ctx.loaded.model = model.to(ctx.placement.device).eval()
+    # transformers decorates PreTrainedModel.to with @functools.wraps(Module.to): mypy then sees it unbound.
+    ctx.loaded.model = model.to(ctx.placement.device).eval()  # type: ignore[arg-type]
     ctx.reporter.log(f"trained {result['steps_done']} steps in {result['seconds']:.1f} s across "
                      f"{result['processes']} processes; final loss {result['final_loss']:.3f}")
 

@@ -27,7 +27,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AttentionInterface
@@ -36,7 +36,10 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, RotaryEmbeddingConfigMixin
 
 from gpu_workers.methods.dynamic_yarn import ROPE_TYPE as DYNAMIC_YARN
-from gpu_workers.rotary import rotary_module
+from gpu_workers.rotary import RotaryModule, rotary_module
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ATTENTION = "contextlab_positions"
 PLAN_ATTRIBUTE = "_contextlab_position_plan"
@@ -80,11 +83,11 @@ class PositionPlan:
     leak: float = 1.0
     log_n_context: int = 0
     """The original context of the log-n temperature; 0 = no temperature."""
-    rotary: torch.nn.Module | None = None
+    rotary: RotaryModule | None = None
     """The model's rotary embedding: its current inverse frequencies rotate the remapped positions."""
 
     @classmethod
-    def from_setup(cls, plan: dict[str, Any], rotary: torch.nn.Module | None) -> PositionPlan:
+    def from_setup(cls, plan: dict[str, Any], rotary: RotaryModule | None) -> PositionPlan:
         return cls(kind=str(plan.get("kind", "plain")), window=int(plan.get("window", 0)),
                    group=int(plan.get("group", 1)), leak=float(plan.get("leak", 1.0)),
                    log_n_context=int(plan.get("log_n_context", 0)), rotary=rotary)
@@ -195,7 +198,7 @@ def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__.endswith("Attention") and hasattr(m, "layer_idx")]
 
 
-def install(model: torch.nn.Module, plan: dict[str, Any]) -> None:
+def install(model: PreTrainedModel, plan: dict[str, Any]) -> None:
     """Give every attention layer of ``model`` the plan and switch the model to :data:`ATTENTION`."""
     position_plan = PositionPlan.from_setup(plan, rotary_module(model) if plan.get("kind", "plain") != "plain"
                                             else None)

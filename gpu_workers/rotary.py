@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 import torch
 
@@ -42,15 +42,39 @@ class FactorCandidate(Protocol):
     def attention_factor(self) -> float: ...
 
 
-def is_rotary(module: torch.nn.Module) -> bool:
+class RotaryModule(Protocol):
+    """A transformers rotary embedding module (``LlamaRotaryEmbedding`` and its kin), as this module uses it.
+
+    ``torch.nn.Module`` types every attribute it does not declare as ``Tensor | Module``; these are what the
+    rotary modules really hold. The ``original_*`` and ``max_seq_len_cached`` attributes exist only on dynamic
+    rope types (``original_attention_scaling`` once :func:`remember_attention_scaling` set it): read them
+    after a ``hasattr`` check.
+    """
+
+    inv_freq: torch.Tensor
+    attention_scaling: float
+    rope_type: str
+    original_inv_freq: torch.Tensor
+    original_max_seq_len: int
+    max_seq_len_cached: int
+    original_attention_scaling: float
+    forward: Callable[..., Any]
+
+
+def is_rotary(module: torch.nn.Module) -> TypeGuard[RotaryModule]:
     return hasattr(module, "inv_freq") and hasattr(module, "attention_scaling")
 
 
-def rotary_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+def _is_dynamic(module: torch.nn.Module) -> TypeGuard[RotaryModule]:
+    """A rotary module of a dynamic rope type: it grows its frequencies with the input and can reset them."""
+    return hasattr(module, "original_inv_freq") and hasattr(module, "max_seq_len_cached")
+
+
+def rotary_modules(model: torch.nn.Module) -> list[RotaryModule]:
     return [m for m in model.modules() if is_rotary(m)]
 
 
-def rotary_module(model: torch.nn.Module) -> torch.nn.Module:
+def rotary_module(model: torch.nn.Module) -> RotaryModule:
     """The model's one rotary embedding (model_facts refuses architectures with one per layer type)."""
     found = rotary_modules(model)
     if len(found) != 1:
@@ -74,7 +98,7 @@ def remember_attention_scaling(model: torch.nn.Module) -> None:
 def reset_rotary_cache(model: torch.nn.Module) -> None:
     """Put every dynamic rotary embedding back to its starting frequencies (and attention scaling)."""
     for module in model.modules():
-        if hasattr(module, "original_inv_freq") and hasattr(module, "max_seq_len_cached"):
+        if _is_dynamic(module):
             module.inv_freq.copy_(module.original_inv_freq.to(module.inv_freq.device))
             module.max_seq_len_cached = module.original_max_seq_len
             if hasattr(module, "original_attention_scaling"):
@@ -132,7 +156,7 @@ def candidate_inv_freq(base: RopeFacts, factors: Sequence[float]) -> torch.Tenso
     return 1.0 / (torch.tensor(list(factors), dtype=torch.float32) * float(base.rope_theta) ** exponent)
 
 
-def _overridable_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+def _overridable_modules(model: torch.nn.Module) -> list[RotaryModule]:
     found = rotary_modules(model)
     if not found:
         raise ValueError("the model has no rotary embedding module (with inv_freq and attention_scaling)")
@@ -190,7 +214,7 @@ def rope_override(model: torch.nn.Module, base: RopeFacts, candidate: FactorCand
                 module.forward = forward
 
 
-def _mixed_forward(module: torch.nn.Module, original: torch.Tensor, n_hat: int) -> Callable[..., Any]:
+def _mixed_forward(module: RotaryModule, original: torch.Tensor, n_hat: int) -> Callable[..., Any]:
     def forward(x: Any, position_ids: Any, layer_type: Any = None) -> tuple[Any, Any]:
         with torch.no_grad():
             positions = position_ids[..., None].float()

@@ -141,10 +141,18 @@ class EvalSpec:
             raise EvalSpecError(
                 f"{' and '.join(prompts)} prompts need lengths of at least {MIN_PROMPT_LENGTH} tokens", "lengths"
             )
+        self._check_passkey()
+        self._check_needle()
+        self._check_ruler()
+        self._check_longppl()
+
+    def _check_passkey(self) -> None:
         if not 1 <= self.passkey_samples <= 1000:
             raise EvalSpecError("passkey samples per length must be between 1 and 1000", "passkey_samples")
         if self.passkey_depth is not None and not 0 <= self.passkey_depth <= 1:
             raise EvalSpecError("the passkey depth is a fraction between 0 and 1 (blank = random)", "passkey_depth")
+
+    def _check_needle(self) -> None:
         object.__setattr__(self, "needle_depths", _depths(self.needle_depths, "needle_depths"))
         if not 1 <= self.needle_samples <= 100:
             raise EvalSpecError("needles per cell must be between 1 and 100", "needle_samples")
@@ -156,8 +164,6 @@ class EvalSpec:
             raise EvalSpecError("multi-key and multi-value needles use the magic-number format", "needle_format")
         if not 2 <= self.needle_count <= 16:
             raise EvalSpecError("multi-key / multi-value needles: between 2 and 16", "needle_count")
-        self._check_ruler()
-        self._check_longppl()
 
     def _check_ruler(self) -> None:
         tasks = tuple(dict.fromkeys(str(t) for t in self.ruler_tasks))
@@ -179,7 +185,7 @@ class EvalSpec:
             raise EvalSpecError("RULER answer tokens must be between 0 (automatic) and 512", "ruler_max_new_tokens")
 
     def _check_longppl(self) -> None:
-        if self.longppl_short_window != 0 and not 16 <= self.longppl_short_window:
+        if self.longppl_short_window != 0 and self.longppl_short_window < 16:
             raise EvalSpecError("the LongPPL short window needs at least 16 tokens (0 = an eighth of the original "
                                 "context)", "longppl_short_window")
         for name, value in (("longppl_gain", self.longppl_gain), ("longppl_bound", self.longppl_bound)):
@@ -331,13 +337,14 @@ class RunSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunSpec:
+        evaluation: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data["eval"].items()}
         return cls(
             run_id=data["run_id"],
             model_source=data["model_source"],
             dataset=DatasetSpec(**data["dataset"]),
             method=MethodSpec(**data["method"]),
             target_length=int(data["target_length"]),
-            eval=EvalSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["eval"].items()}),
+            eval=EvalSpec(**evaluation),
             seed=int(data.get("seed", 0)),
             device=data.get("device", "auto"),
             train=TrainSpec(**data.get("train", {})),

@@ -44,6 +44,8 @@ export CELERY_BROKER_URL="${TEST_CELERY_BROKER_URL:-redis://127.0.0.1:6379/15}"
 
 echo "==> ruff"
 "$VENV/bin/ruff" check .
+echo "==> mypy"
+"$VENV/bin/mypy"  # gpu_workers and experiments, as [tool.mypy] in pyproject.toml says
 echo "==> django checks"
 "$PY" manage.py makemigrations --check --dry-run
 DJANGO_DEBUG=0 DJANGO_SECRET_KEY="ci-only-$(printf 'x%.0s' $(seq 1 60))" DJANGO_ALLOWED_HOSTS=contextlab.example \

@@ -6,6 +6,7 @@ database, static files (whitenoise, plotly.js served locally), Celery, Context L
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -169,10 +170,9 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
-try:
-    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every start if it is missing
-except OSError:
-    pass  # a read-only image where collectstatic already ran
+# whitenoise warns on every start if it is missing; OSError: a read-only image where collectstatic already ran
+with contextlib.suppress(OSError):
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [
     BASE_DIR / "static",
     # plotly.min.js ships inside the plotly wheel; serve that copy, never a CDN.

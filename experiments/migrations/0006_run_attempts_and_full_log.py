@@ -5,7 +5,7 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
-def backfill(apps, schema_editor):  # noqa: ANN001, ANN201  (migration signature)
+def backfill(apps, schema_editor):
     Run = apps.get_model("experiments", "Run")
     RunAttempt = apps.get_model("experiments", "RunAttempt")
     RunLogChunk = apps.get_model("experiments", "RunLogChunk")

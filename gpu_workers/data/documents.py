@@ -161,8 +161,8 @@ def load_training_documents(
     scored on."""
     if spec.kind == "builtin":
         directory = builtin_corpus.ensure_built(builtin_corpus_dir(spec.corpus_dir))
-        rows = builtin_corpus.read_jsonl(directory / "train.jsonl")
-        return [{"text": d["text"], "source": d["source"]} for d in rows]
+        corpus = builtin_corpus.read_jsonl(directory / "train.jsonl")
+        return [{"text": d["text"], "source": d["source"]} for d in corpus]
     if spec.kind == "hf" and Path(spec.path).expanduser().exists():
         rows = _from_hf_disk(Path(spec.path).expanduser(), spec, TRAINING_SPLITS)
     else:
@@ -200,7 +200,7 @@ def _interleave_sources(docs: list[dict[str, str]]) -> list[dict[str, str]]:
     for doc in docs:
         by_source[doc["source"]].append(doc)
     queues = [by_source[s] for s in sorted(by_source)]
-    out = []
+    out: list[dict[str, str]] = []
     for i in range(max(len(q) for q in queues)):
         out.extend(q[i] for q in queues if i < len(q))
     return out

@@ -51,6 +51,7 @@ are never measured on text.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import os
@@ -155,10 +156,8 @@ def tokenizer_hash(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     payload = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     digest = hashlib.sha256(payload.encode("utf-8")).hexdigest()
-    try:
+    with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced: hash it again next time
         _TOKENIZER_HASHES[id(tokenizer)] = (weakref.ref(tokenizer), digest)
-    except TypeError:  # an object that cannot be weakly referenced: hash it again next time
-        pass
     return digest
 
 
@@ -832,6 +831,38 @@ def _cwe_shape(entries: int, common: int, common_freq: int, rare_freq: int) -> t
     return k, fc, fu
 
 
+def _cwe_answer_words(rng: random.Random, vocab: Sequence[str], k: int) -> list[str]:
+    """*k* distinct words of *vocab*, none part of another (so string matching cannot confuse them)."""
+    answer_words: list[str] = []
+    while len(answer_words) < k:
+        word = rng.choice(vocab)
+        if not any(word in a or a in word for a in answer_words):
+            answer_words.append(word)
+    return answer_words
+
+
+def _cwe_add_distractors(rng: random.Random, vocab: Sequence[str], answer_words: list[str], multiset: list[str],
+                         *, each: int, total: int, room: int, length: int, number: Callable[[int], int],
+                         cost: Callable[[str], int]) -> None:
+    """Append distractor words to *multiset* (which costs *total* tokens so far), *each* times each, until the
+    next occurrence would pass *room*. A distractor is no answer word and contains none; each is drawn once.
+    *length* is the sample's target length, for the error when the vocabulary runs out first."""
+    seen = set(answer_words)
+    for _attempt in range(50 * len(vocab)):
+        word = rng.choice(vocab)
+        if word in seen or any(a in word for a in answer_words):
+            continue
+        seen.add(word)
+        for _ in range(each):
+            step = number(len(multiset) + 1) + cost(word)
+            if total + step > room:
+                return
+            multiset.append(word)
+            total += step
+    raise RulerError(f"the haystack text has too few distinct words for a {length}-token common-words "
+                     f"list", "lengths")
+
+
 def _generate_cwe(job: _Job, *, common: int = 10, common_freq: int = 30, rare_freq: int = 3) -> list[RulerSample]:
     """Common words extraction: a numbered list ``1. word 2. word ...`` where *common* words appear
     *common_freq* times and every other word *rare_freq* times (fewer at short lengths: :func:`_cwe_shape`),
@@ -871,11 +902,7 @@ def _generate_cwe(job: _Job, *, common: int = 10, common_freq: int = 30, rare_fr
         while True:  # the answer words must leave room for distractors; fewer if the estimate was generous
             question = question_for(k)
             room = job.room(intro, question, 0)
-            answer_words: list[str] = []
-            while len(answer_words) < k:
-                word = rng.choice(vocab)
-                if not any(word in a or a in word for a in answer_words):
-                    answer_words.append(word)
+            answer_words = _cwe_answer_words(rng, vocab, k)
             total = sum(number(i + 1) for i in range(k * fc)) + fc * sum(map(cost, answer_words))
             if total < room or k == 1:
                 break
@@ -883,25 +910,8 @@ def _generate_cwe(job: _Job, *, common: int = 10, common_freq: int = 30, rare_fr
         if total >= room:
             job.too_short(job.length - room + total + 1)
         multiset = [w for w in answer_words for _ in range(fc)]
-        seen = set(answer_words)
-        full = True
-        for _attempt in range(50 * len(vocab)):
-            word = rng.choice(vocab)
-            if word in seen or any(a in word for a in answer_words):
-                continue
-            seen.add(word)
-            for _ in range(fu):
-                step = number(len(multiset) + 1) + cost(word)
-                if total + step > room:
-                    full = False
-                    break
-                multiset.append(word)
-                total += step
-            if not full:
-                break
-        else:
-            raise RulerError(f"the haystack text has too few distinct words for a {job.length}-token common-words "
-                             f"list", "lengths")
+        _cwe_add_distractors(rng, vocab, answer_words, multiset, each=fu, total=total, room=room, length=job.length,
+                             number=number, cost=cost)
         rng.shuffle(multiset)
         context: list[int] = []
         for i, word in enumerate(multiset, 1):

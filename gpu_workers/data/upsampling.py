@@ -16,6 +16,7 @@ worker. :func:`pack` turns the chosen documents into fixed-length training seque
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -278,7 +279,7 @@ def mixture_stats(
         edges = length_bins(max((len(d) for d in docs), default=1), bins)
     else:
         edges = tuple(int(e) for e in bins)
-        if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+        if len(edges) < 2 or any(b <= a for a, b in itertools.pairwise(edges)):
             raise ValueError("bins must be a count or at least two strictly increasing edges")
     total = sum(len(d) for d in docs)
     groups = _by_source(docs)

@@ -122,7 +122,7 @@ def passkey_sequence(tokenizer, stream: torch.Tensor, rng: random.Random) -> tor
     body = sample.input_ids + sample.answer_ids
     fill = CONTEXT - len(body) - 1
     start = rng.randrange(0, len(stream) - fill - 1)
-    front = stream[start : start + fill].tolist() + [tokenizer.eos_token_id]
+    front = [*stream[start : start + fill].tolist(), tokenizer.eos_token_id]
     return torch.tensor(front + body, dtype=torch.long)
 
 

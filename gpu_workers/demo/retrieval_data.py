@@ -148,7 +148,7 @@ class RowMaker:
         if fill:
             source = self.noise if random_fill else self.text
             start = self.rng.randrange(0, len(source) - fill)
-            front = source[start : start + fill - 1].tolist() + [self.eos]
+            front = [*source[start : start + fill - 1].tolist(), self.eos]
         ids = front + body
         lm = [not random_fill] * len(front) + [True] * len(body)
         is_answer = [False] * (len(front) + len(prompt)) + [True] * len(answer)

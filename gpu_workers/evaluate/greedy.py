@@ -9,13 +9,16 @@ pass over prompt + answer decides an exact match without a decoding loop.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 @torch.no_grad()
-def answer_positions_logits(model: torch.nn.Module, prompt: Sequence[int], answer: Sequence[int],
+def answer_positions_logits(model: PreTrainedModel, prompt: Sequence[int], answer: Sequence[int],
                             device: torch.device) -> torch.Tensor:
     """Logits (float32, shape (len(answer), vocab)) predicting each answer token after prompt + earlier answer."""
     ids = torch.tensor([list(prompt) + list(answer)], device=device)
@@ -24,7 +27,7 @@ def answer_positions_logits(model: torch.nn.Module, prompt: Sequence[int], answe
     return model.get_output_embeddings()(hidden[first : first + len(answer)]).float()
 
 
-def greedy_prefix_match(model: torch.nn.Module, prompt: Sequence[int], answer: Sequence[int],
+def greedy_prefix_match(model: PreTrainedModel, prompt: Sequence[int], answer: Sequence[int],
                         device: torch.device) -> int:
     """How many leading answer tokens greedy decoding would produce (len(answer) = exact)."""
     predicted = answer_positions_logits(model, prompt, answer, device).argmax(-1).tolist()
@@ -37,7 +40,7 @@ def greedy_prefix_match(model: torch.nn.Module, prompt: Sequence[int], answer: S
 
 
 @torch.no_grad()
-def greedy_decode(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int, device: torch.device,
+def greedy_decode(model: PreTrainedModel, ids: Sequence[int], max_new_tokens: int, device: torch.device,
                   past: Any = None) -> list[int]:
     """Greedy continuation of *ids* (which follow the tokens already in *past*, if given)."""
     from transformers import DynamicCache
@@ -55,7 +58,7 @@ def greedy_decode(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: in
 
 
 @torch.no_grad()
-def prefill(model: torch.nn.Module, ids: Sequence[int], device: torch.device) -> Any:
+def prefill(model: PreTrainedModel, ids: Sequence[int], device: torch.device) -> Any:
     """The KV cache of *ids*: every prefix of it is exactly the cache of that prefix (causality)."""
     from transformers import DynamicCache
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from gpu_workers import protocol
 from gpu_workers.evaluate.perplexity import checked_lengths, head_losses, token_losses
 from gpu_workers.reporter import Cancelled, Measurement
 from gpu_workers.rotary import reset_rotary_cache
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 DEFAULT_GAIN = 2.0
 """Nats the long context must save on a token (the paper's α)."""
@@ -54,7 +58,7 @@ def window_starts(count: int, window: int) -> list[int]:
 
 @torch.no_grad()
 def windowed_losses(
-    model: torch.nn.Module, ids: Sequence[int], window: int, *, device: torch.device, batch: int = 32
+    model: PreTrainedModel, ids: Sequence[int], window: int, *, device: torch.device, batch: int = 32
 ) -> torch.Tensor:
     """NLL (float32, CPU, shape (len(ids)-1,)) of ids[1:], index j = predicting ids[j+1].
 
@@ -73,7 +77,7 @@ def windowed_losses(
     starts = window_starts(len(ids), window)
     # Window k scores the targets from the end of window k-1 (the first window from position 1) to its own end.
     spans = [(start, max(start + 1, prev + window), start + window)
-             for start, prev in zip(starts, [-window] + starts[:-1], strict=True)]
+             for start, prev in zip(starts, [-window, *starts[:-1]], strict=True)]
     head = model.get_output_embeddings()
     out = []
     for first in range(0, len(spans), batch):
@@ -87,7 +91,7 @@ def windowed_losses(
 
 @torch.no_grad()
 def key_token_masks(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     documents: Sequence[Sequence[int]],
     *,
     long_window: int,
@@ -150,7 +154,7 @@ def summarise(length: int, pairs: list[tuple[float, int]], seed: int) -> LongPPL
 
 
 def longppl_by_length(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     documents: Sequence[Sequence[int]],
     masks: Sequence[torch.Tensor],
     lengths: Sequence[int],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +21,9 @@ from gpu_workers.evaluate.greedy import prefill
 from gpu_workers.model_facts import ModelFacts
 from gpu_workers.reporter import Cancelled, Measurement
 from gpu_workers.rotary import reset_rotary_cache
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 MB = 2**20
 
@@ -48,11 +52,12 @@ class LengthCost:
 
 
 def measure_lengths(
-    model: torch.nn.Module, facts: ModelFacts, lengths: Sequence[int], placement: Placement, *,
+    model: PreTrainedModel, facts: ModelFacts, lengths: Sequence[int], placement: Placement, *,
     length_dependent: bool, seed: int = 0, should_stop: Callable[[], bool] = lambda: False,
 ) -> list[LengthCost]:
     """One warm-up pass at the shortest length, then one timed prefill per length on random tokens."""
-    vocab = model.get_input_embeddings().num_embeddings
+    embeddings = model.get_input_embeddings()
+    vocab = embeddings.num_embeddings if isinstance(embeddings, torch.nn.Embedding) else model.config.vocab_size
     generator = torch.Generator().manual_seed(seed)
     out = []
     lengths = sorted(set(lengths))

@@ -16,7 +16,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from gpu_workers.evaluate.greedy import answer_positions_logits, cache_prefix, g
 from gpu_workers.evaluate.stats import bootstrap_ci, wilson_interval
 from gpu_workers.reporter import Cancelled, Measurement
 from gpu_workers.rotary import reset_rotary_cache
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 EXTRA_DECODE_TOKENS = 3
 REUSE_MIN_PREFIX_SHARE = 0.5
@@ -71,7 +74,7 @@ def grid_tasks(builder: NeedleBuilder, stream: list[int], lengths: Sequence[int]
 
 
 def answer_tasks(
-    model: torch.nn.Module, tokenizer: Any, prefix: list[int], tasks: Sequence[NeedleTask], *,
+    model: PreTrainedModel, tokenizer: Any, prefix: list[int], tasks: Sequence[NeedleTask], *,
     device: torch.device, reuse_prefix: bool, length_dependent: bool = False,
     should_stop: Callable[[], bool] = lambda: False, on_task: Callable[[], None] = lambda: None,
 ) -> list[NeedleAnswer]:
@@ -128,7 +131,7 @@ def grid_measurements(cells: Sequence[NeedleCell]) -> list[Measurement]:
 
 
 @torch.no_grad()
-def needle_nll(model: torch.nn.Module, prefix: list[int], task: NeedleTask, device: torch.device) -> float:
+def needle_nll(model: PreTrainedModel, prefix: list[int], task: NeedleTask, device: torch.device) -> float:
     """Mean NLL of the answer tokens only, after the full needle prompt."""
     logits = answer_positions_logits(model, task.prompt(prefix), task.answer_ids, device)
     targets = torch.tensor(task.answer_ids, device=logits.device)
@@ -136,7 +139,7 @@ def needle_nll(model: torch.nn.Module, prefix: list[int], task: NeedleTask, devi
 
 
 def needle_perplexity(
-    model: torch.nn.Module, prefix: list[int], tasks: Sequence[NeedleTask], *, device: torch.device,
+    model: PreTrainedModel, prefix: list[int], tasks: Sequence[NeedleTask], *, device: torch.device,
     length_dependent: bool, seed: int = 0, should_stop: Callable[[], bool] = lambda: False,
     on_task: Callable[[], None] = lambda: None,
 ) -> list[Measurement]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from gpu_workers.evaluate.greedy import greedy_prefix_match
 from gpu_workers.evaluate.stats import wilson_interval
 from gpu_workers.reporter import Cancelled, Measurement
 from gpu_workers.rotary import reset_rotary_cache
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ def sample_rng(seed: int, length: int, index: int) -> random.Random:
 
 
 def passkey_accuracy(
-    model: torch.nn.Module, tokenizer: Any, length: int, samples: int, *, device: torch.device,
+    model: PreTrainedModel, tokenizer: Any, length: int, samples: int, *, device: torch.device,
     length_dependent: bool, depth: float | None = None, seed: int = 0,
     should_stop: Callable[[], bool] = lambda: False, on_sample: Callable[[], None] = lambda: None,
 ) -> PasskeyResult:
@@ -58,7 +61,7 @@ def passkey_accuracy(
 
 
 def passkey_by_length(
-    model: torch.nn.Module, tokenizer: Any, lengths: Sequence[int], samples: int, *, device: torch.device,
+    model: PreTrainedModel, tokenizer: Any, lengths: Sequence[int], samples: int, *, device: torch.device,
     length_dependent: bool, depth: float | None = None, seed: int = 0,
     should_stop: Callable[[], bool] = lambda: False, on_sample: Callable[[], None] = lambda: None,
 ) -> list[PasskeyResult]:

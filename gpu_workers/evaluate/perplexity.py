@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ import torch
 from gpu_workers.evaluate.stats import bootstrap_ci
 from gpu_workers.reporter import Cancelled, Measurement
 from gpu_workers.rotary import reset_rotary_cache
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["bootstrap_ci", "perplexity_by_length", "sliding_perplexity_by_length", "token_losses"]
 
@@ -52,7 +56,7 @@ class LengthResult:
 
 
 @torch.no_grad()
-def token_losses(model: torch.nn.Module, ids: Sequence[int], device: torch.device) -> torch.Tensor:
+def token_losses(model: PreTrainedModel, ids: Sequence[int], device: torch.device) -> torch.Tensor:
     """Next-token NLL (nats) at every position of one window: shape (len(ids) - 1,), float32 on CPU."""
     input_ids = torch.tensor([list(ids)], device=device)
     hidden = model.base_model(input_ids=input_ids).last_hidden_state[0]
@@ -60,7 +64,7 @@ def token_losses(model: torch.nn.Module, ids: Sequence[int], device: torch.devic
     return head_losses(head, hidden, input_ids[0, 1:]).cpu()
 
 
-def head_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def head_losses(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """NLL of *targets* (n,) under the lm head applied to *hidden* (≥ n, d), chunk by chunk."""
     count = targets.numel()
     chunk = loss_chunk(targets.device, head.weight.shape[0])
@@ -87,7 +91,7 @@ def summarise(length: int, doc_nll: list[float], seed: int) -> LengthResult:
 
 
 def perplexity_by_length(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     documents: Sequence[Sequence[int]],
     lengths: Sequence[int],
     *,
@@ -120,7 +124,7 @@ def perplexity_by_length(
 
 
 def sliding_document_nll(
-    model: torch.nn.Module, tokens: Sequence[int], window: int, stride: int, *, device: torch.device,
+    model: PreTrainedModel, tokens: Sequence[int], window: int, stride: int, *, device: torch.device,
     length_dependent: bool,
 ) -> float:
     """Mean NLL of tokens[1:] scored by windows of *window* tokens, *stride* apart."""
@@ -141,7 +145,7 @@ def sliding_document_nll(
 
 
 def sliding_perplexity_by_length(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     documents: Sequence[Sequence[int]],
     lengths: Sequence[int],
     *,

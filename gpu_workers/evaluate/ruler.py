@@ -27,7 +27,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +37,9 @@ from gpu_workers.evaluate.needle import REUSE_MIN_PREFIX_SHARE
 from gpu_workers.evaluate.stats import wilson_interval
 from gpu_workers.reporter import Cancelled, Measurement
 from gpu_workers.rotary import reset_rotary_cache
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ANSWER_SLACK_TOKENS = 8
 """Decoding budget beyond the reference answer's own tokens: room for a different separator or a space.
@@ -83,7 +86,7 @@ def _reusable(sample: RulerSample) -> bool:
 
 
 def answer_samples(
-    model: torch.nn.Module, tokenizer: Any, samples: Sequence[RulerSample], *, device: torch.device,
+    model: PreTrainedModel, tokenizer: Any, samples: Sequence[RulerSample], *, device: torch.device,
     max_new_tokens: int | Mapping[str, int] | None = None, length_dependent: bool = False,
     reuse_prefix: bool = True, should_stop: Callable[[], bool] = lambda: False,
     on_sample: Callable[[], None] = lambda: None,

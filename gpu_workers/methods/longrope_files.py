@@ -57,11 +57,7 @@ def parse_factors(text: str, pairs: int | None = None) -> list[float]:
     stripped = text.strip()
     if not stripped:
         raise FactorFileError("The factor file is empty.")
-    if stripped[0] in "{[":
-        values = _from_json(stripped)
-    else:
-        values = _from_csv(stripped)
-    values = _checked(values)
+    values = _checked(_from_json(stripped) if stripped[0] in "{[" else _from_csv(stripped))
     if pairs is not None and len(values) != pairs:
         hint = ""
         if len(values) == pairs + 1:

@@ -39,7 +39,7 @@ SEARCH_PARAMS = (
 )
 SEARCH_ATTENTION = Param("search_attention", "Search attention", int, 0,
                          "1 = also search the attention scale, 0 = keep √(1 + ln s / ln L₀).", 0.0)
-SEARCH_KEYS = tuple(p.name for p in SEARCH_PARAMS) + ("search_attention",)
+SEARCH_KEYS = (*(p.name for p in SEARCH_PARAMS), "search_attention")
 CONFIG_FIELDS = {"target_length": "search_length"}
 """SearchConfig fields a row's parameter feeds under another name: its fitness length is the search length
 (blank: the target length), so an error about it belongs beside that input."""
@@ -49,7 +49,7 @@ CONFIG_FIELDS = {"target_length": "search_length"}
 # which the web process has no other need for. (It imports no method family, so there is no cycle to avoid.)
 
 
-def _checker(mode: str):  # noqa: ANN202 - a closure per mode
+def _checker(mode: str):
     def check(base: RopeFacts, target_length: int, params: dict[str, Any]) -> None:
         from gpu_workers.search import SearchConfigError
 

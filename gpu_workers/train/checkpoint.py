@@ -8,6 +8,7 @@ written for other settings or data (its :func:`fingerprint` differs) is ignored 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -88,10 +89,8 @@ def remove_checkpoint(path: Path) -> None:
     """After a successful run: the checkpoint holds only what training needs (for LoRA: adapters, not a model),
     and a retry of a finished run, whose model was lost with its worker, must train again, not skip to it."""
     path.unlink(missing_ok=True)
-    try:
+    with contextlib.suppress(OSError):  # something else lives there
         path.parent.rmdir()
-    except OSError:
-        pass  # something else lives there
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

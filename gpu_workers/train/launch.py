@@ -59,7 +59,8 @@ def launch(spec: RunSpec, *, on_step: Callable[[int, float, float], None], shoul
     spec_path, out, stop = work / "train_spec.json", work / "trained", work / "STOP"
     stop.unlink(missing_ok=True)
     spec_path.write_text(json.dumps(spec.to_json()))
-    command = launcher_command(spec.train_processes, spec.train_launcher) + [
+    command = [
+        *launcher_command(spec.train_processes, spec.train_launcher),
         "-m", "gpu_workers.train.cli", "--spec", str(spec_path), "--out", str(out), "--stop-file", str(stop),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

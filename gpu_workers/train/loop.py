@@ -42,6 +42,8 @@ from gpu_workers.train.recipe import BETAS, MAX_GRAD_NORM, WEIGHT_DECAY, lr_fact
 
 if TYPE_CHECKING:
     import accelerate
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -60,7 +62,7 @@ class TrainResult:
 
 
 def train(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     data: TrainData,
     spec: TrainSpec,
     *,
@@ -68,7 +70,7 @@ def train(
     on_step: Callable[[int, float, float], None] = lambda step, loss, lr: None,
     should_stop: Callable[[], bool] = lambda: False,
     accelerator: accelerate.Accelerator | None = None,
-) -> tuple[torch.nn.Module, TrainResult]:
+) -> tuple[PreTrainedModel, TrainResult]:
     """Train ``model`` in place for ``spec.steps`` optimizer steps; return it (LoRA merged, eval mode) and a summary.
 
     ``on_step(step, loss, lr)`` follows every optimizer step (``step`` counts from 1; ``loss`` is the mean over
@@ -185,15 +187,19 @@ class _Optimization:
 class _Run:
     """One call of :func:`train`: the model as lent, its trainable view, the streams read, the losses so far."""
 
-    def __init__(self, model: torch.nn.Module, data: TrainData, spec: TrainSpec, processes: Processes,
+    def __init__(self, model: PreTrainedModel, data: TrainData, spec: TrainSpec, processes: Processes,
                  kinds: list[bool], path: Path | None) -> None:
-        self.model, self.net, self.data, self.spec = model, model, data, spec
+        self.model, self.data, self.spec = model, data, spec
+        self.net: torch.nn.Module = model
+        self.adapters: PeftModel | None = None
+        """The LoRA-wrapped model while it trains (``spec.lora``): ``net`` then."""
         self.processes, self.kinds, self.path = processes, kinds, path
         self.ordinals = stream_ordinals(kinds)
         self.settings = ModelSettings.of(model)
         self.amp_dtype = autocast_dtype(processes.device)
         self.losses: list[float] = []
-        self.start, self.resumed_from, self.tokens = 0, None, 0
+        self.start, self.tokens = 0, 0
+        self.resumed_from: int | None = None
         self.finished = False
 
     @property
@@ -221,26 +227,28 @@ class _Run:
                 self._step(step)
                 self._checkpoint(step + 1)
                 on_step(step + 1, self.losses[-1], lr)
-        if spec.lora:
-            self.model = self.net.merge_and_unload()
+        if self.adapters is not None:
+            self.model = self.adapters.merge_and_unload()
         self.finished = True
 
     def close(self) -> None:
         """Whatever happened: the caller's plain model (adapters dropped unless merged), reset, settings back."""
-        if self.spec.lora and not self.finished and self.net is not self.model:
-            self.net.unload()  # drop the adapters unmerged: the caller gets its plain model back
+        if self.adapters is not None and not self.finished:
+            self.adapters.unload()  # drop the adapters unmerged: the caller gets its plain model back
         reset_rotary_cache(self.model)  # no dynamic cache grown by the last step outlives training
         self.settings.restore(self.model, self.turns_checkpointing_on)
 
     def _trainable(self) -> torch.nn.Module:
         """On the device, checkpointed if asked, and the parameters that train flagged (LoRA wraps the model)."""
-        self.model.to(self.processes.device)
+        # transformers decorates PreTrainedModel.to with @functools.wraps(Module.to): mypy then sees it unbound.
+        self.model.to(self.processes.device)  # type: ignore[arg-type]
         if self.turns_checkpointing_on:
             enable_checkpointing(self.model)
         if self.spec.lora:
             for param in self.model.parameters():
                 param.requires_grad_(False)
-            return wrap_lora(self.model, self.spec)
+            self.adapters = wrap_lora(self.model, self.spec)
+            return self.adapters
         for param in self.model.parameters():
             param.requires_grad_(True)
         return self.model

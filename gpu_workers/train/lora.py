@@ -7,16 +7,21 @@ plain transformers model), or dropped unmerged when training fails.
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 
 from gpu_workers.spec import TrainSpec
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
 """Attention projections LoRA adapts: Llama-style names, plus Phi-3's fused ``qkv_proj``; those present are used."""
 
 
-def embeddings_and_norms(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+def embeddings_and_norms(model: PreTrainedModel) -> list[torch.nn.Parameter]:
     """The input embeddings (and the head tied to them) and every norm layer's own parameters."""
     params = list(model.get_input_embeddings().parameters())
     for module in model.modules():
@@ -33,7 +38,7 @@ def lora_targets(model: torch.nn.Module) -> list[str]:
     return targets
 
 
-def wrap_lora(model: torch.nn.Module, spec: TrainSpec) -> torch.nn.Module:
+def wrap_lora(model: PreTrainedModel, spec: TrainSpec) -> PeftModel:
     """The model with LoRA adapters (rank / alpha from the spec); only the adapters (and embeddings, norms) train."""
     from peft import LoraConfig, get_peft_model
 

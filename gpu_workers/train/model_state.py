@@ -8,11 +8,15 @@ and puts it back, whatever happened (the caller gets its model as it lent it, in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-def enable_checkpointing(model: torch.nn.Module) -> None:
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
     # transformers v5 renamed gradient checkpointing to activation checkpointing; non-reentrant checkpoints
     # work with frozen inputs (LoRA) and with DDP.
     if hasattr(model, "activation_checkpointing_enable"):
@@ -21,7 +25,7 @@ def enable_checkpointing(model: torch.nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def disable_checkpointing(model: torch.nn.Module) -> None:
+def disable_checkpointing(model: PreTrainedModel) -> None:
     if hasattr(model, "activation_checkpointing_disable"):
         model.activation_checkpointing_disable()
     else:
@@ -54,7 +58,7 @@ class ModelSettings:
         return cls({name: p.requires_grad for name, p in model.named_parameters()},
                    {name: p.dtype for name, p in model.named_parameters()}, checkpointing_on(model))
 
-    def restore(self, model: torch.nn.Module, disable_checkpointing_too: bool) -> None:
+    def restore(self, model: PreTrainedModel, disable_checkpointing_too: bool) -> None:
         """Back to the caller's settings: parameter flags and dtypes, checkpointing, eval mode."""
         for name, param in model.named_parameters():
             if name in self.dtypes and param.dtype != self.dtypes[name]:

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 S2_ATTN = "s2_attn"
 _SETTINGS = "_s2_attn_settings"
@@ -158,20 +161,23 @@ def _configs(model: torch.nn.Module) -> list[Any]:
     return list(seen.values())
 
 
-def _transformers_model(model: torch.nn.Module) -> torch.nn.Module:
+def _transformers_model(model: torch.nn.Module) -> PreTrainedModel:
     """The transformers model under a peft or DDP wrapper."""
     while True:
-        if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif isinstance(getattr(model, "module", None), torch.nn.Module):
-            model = model.module
-        else:
-            return model
+        base_model = getattr(model, "get_base_model", None)
+        if base_model is not None:
+            model = base_model()
+            continue
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return cast("PreTrainedModel", model)  # what peft and DDP wrap: a transformers model
+        model = inner
 
 
 def _set_implementation(model: torch.nn.Module, implementation: str) -> None:
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(implementation)
+    set_attn_implementation = getattr(model, "set_attn_implementation", None)
+    if set_attn_implementation is not None:
+        set_attn_implementation(implementation)
     else:  # a bare module: set the configs directly
         for config in _configs(model):
             config._attn_implementation = implementation

@@ -106,7 +106,9 @@ class Command(BaseCommand):
         length_stats.request_for_dataset(dataset)
 
     def _methods(self, base: RopeFacts) -> None:
-        wanted = [("none", {})] + [(f, {"factor": x}) for f in FAMILIES_WITH_FACTOR for x in FACTORS]
+        wanted: list[tuple[str, dict[str, float]]] = [
+            ("none", {}), *((f, {"factor": x}) for f in FAMILIES_WITH_FACTOR for x in FACTORS)
+        ]
         created = 0
         for family, raw in wanted:
             target = int(base.original_context * raw.get("factor", 1.0))

@@ -268,7 +268,8 @@ def test_searched_factors_beat_yarn_and_pi_at_the_same_factor_on_the_comparison_
     page = client.get(f"/experiments/{experiment['id']}/")
     assert page.status_code == 200
     status = client.get(f"/experiments/{experiment['id']}/status/").json()
-    series = {name: {length: value for length, value, *_ in points} for name, points in status["series"].items()}
+    curves = status["charts"]["series"]["perplexity"]
+    series = {name: {length: value for length, value, *_ in points} for name, points in curves.items()}
     searched, yarn, pi = (series[r["method"]["name"]][target] for r in runs)
     for run in runs:
         assert run["method"]["name"] in page.content.decode(), "every method is on the comparison page"

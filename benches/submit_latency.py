@@ -112,14 +112,14 @@ def experiment_data(user: Any) -> dict[str, Any]:
     perplexity at 64 tokens on one document of the built-in corpus, no training."""
     from experiments.models import BaseModel, Dataset
     from gpu_workers.methods import validate
+    from gpu_workers.spec import EvalSpec, TrainSpec
 
     model = BaseModel.objects.get(team__isnull=True, name=MODEL_NAME)
     target = model.original_context
     return {
         "team": user.memberships.get().team, "name": "latency", "base_model": model,
         "dataset": Dataset.objects.get(team__isnull=True, name=DATASET_NAME), "target_length": target,
-        "eval_lengths": [64], "eval_documents": 1, "training": {"mode": "none"},
-        "evaluations": {"suite": ["perplexity"]},
+        "evaluation": EvalSpec(lengths=(64,), documents=1, suite=("perplexity",)), "training": TrainSpec(),
         "methods": [{"family": "none", "params": validate("none", {}, model.rope_facts(), target)}],
     }
 

@@ -18,15 +18,15 @@ from django.urls import reverse
 
 from experiments import run_estimate
 from experiments.access import submit_teams_of, visible_base_models, visible_datasets, visible_experiments
-from experiments.forms import (
+from experiments.composer import Composer
+from experiments.composer_forms import (
     DEFAULT_SUITE,
     INITIAL_FAMILIES,
-    MAX_EVAL_LENGTH,
-    Composer,
     default_eval_lengths,
     parse_depths,
     parse_lengths,
 )
+from experiments.forms import MAX_EVAL_LENGTH
 from experiments.models import BaseModel, Dataset, Team
 from gpu_workers.methods import FAMILIES
 

@@ -16,7 +16,7 @@ from django.db import models
 from django.db.models import Q
 
 from gpu_workers.methods.base import RopeFacts
-from gpu_workers.spec import DatasetSpec
+from gpu_workers.spec import DatasetSpec, EvalSpec, TrainSpec
 
 
 class Team(models.Model):
@@ -242,6 +242,23 @@ class Experiment(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @staticmethod
+    def recipe_fields(evaluation: EvalSpec, training: TrainSpec) -> dict[str, Any]:
+        """The columns that hold the two specs: lengths and documents in their own columns, the other evaluation
+        settings in ``evaluations`` and the training recipe in ``training`` (``{"mode": "none"}`` without one)."""
+        settings = evaluation.to_json()
+        return {
+            "eval_lengths": settings.pop("lengths"), "eval_documents": settings.pop("documents"),
+            "evaluations": settings, "training": training.to_json() if training.enabled else {"mode": "none"},
+        }
+
+    def eval_spec(self) -> EvalSpec:
+        """The inverse of :meth:`recipe_fields` for the evaluation (raises SpecError for a corrupt row)."""
+        return EvalSpec.from_json({**self.evaluations, "lengths": self.eval_lengths, "documents": self.eval_documents})
+
+    def train_spec(self) -> TrainSpec:
+        return TrainSpec.from_json(self.training or {"mode": "none"})
 
 
 class Run(models.Model):

@@ -13,14 +13,9 @@ from typing import Any
 
 from experiments import composer_defaults
 from experiments.access import can_submit, visible_experiments
-from experiments.forms import (
-    TRAINING_PRESETS,
-    Composer,
-    EvaluationForm,
-    MethodFormSet,
-    TrainingForm,
-    param_field_name,
-)
+from experiments.composer import Composer
+from experiments.composer_forms import EvaluationForm, TrainingForm, typed_number
+from experiments.method_forms import MethodFormSet, param_field_name
 from experiments.models import Experiment
 from gpu_workers.methods import FAMILIES, MethodError, Param, RopeFacts, validate
 
@@ -68,7 +63,8 @@ def rerun_initial(user: Any, experiment: Experiment) -> dict[str, Any]:
         "eval_lengths": ", ".join(str(length) for length in experiment.eval_lengths),
         "eval_documents": experiment.eval_documents,
     }
-    return {"form": form, "evaluation": _evaluation_initial(experiment), "training": _training_initial(experiment),
+    return {"form": form, "evaluation": EvaluationForm.initial_for(experiment.evaluations or {}),
+            "training": TrainingForm.initial_for(experiment.training),
             "methods": _method_rows(experiment)}
 
 
@@ -83,46 +79,6 @@ def apply(composer: Composer, user: Any, experiment: Experiment) -> None:
     if initial["methods"]:
         composer.methods = MethodFormSet(None, prefix=composer.prefix, initial=initial["methods"],
                                          form_kwargs={"context": composer.context})
-
-
-def _number(value: Any) -> str:
-    """A number as typed: 4 for 4.0, the shortest exact spelling otherwise."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _evaluation_initial(experiment: Experiment) -> dict[str, Any]:
-    settings = {"suite": ["perplexity"], **(experiment.evaluations or {})}
-    initial: dict[str, Any] = {}
-    for name in EvaluationForm.base_fields:
-        if name not in settings:
-            continue
-        value = settings[name]
-        if name == "needle_depths" and isinstance(value, list | tuple):
-            value = ", ".join(_number(depth) for depth in value)
-        elif isinstance(value, list | tuple):
-            value = list(value)
-        initial[name] = value
-    return initial
-
-
-def _training_initial(experiment: Experiment) -> dict[str, Any]:
-    settings = dict(experiment.training or {"mode": "none"})
-    initial: dict[str, Any] = {}
-    preset = next((key for key, preset in TRAINING_PRESETS.items()
-                   if all(settings.get(k) == v for k, v in preset["settings"].items())), None)
-    if preset is not None:
-        initial["preset"] = preset
-    for name, value in settings.items():
-        if name not in TrainingForm.base_fields or name == "preset":
-            continue
-        if name in ("train_length", "long_threshold") and not value:
-            value = None
-        elif isinstance(value, list | tuple):
-            value = ", ".join(str(item) for item in value)
-        initial[name] = value
-    return initial
 
 
 def typed_params(family: str, params: dict[str, Any], base: RopeFacts, target_length: int) -> dict[str, Any]:
@@ -154,8 +110,8 @@ def _field_value(param: Param, value: Any) -> Any:
     if param.kind is bool:
         return bool(value)
     if param.kind is list and isinstance(value, list | tuple):
-        return ", ".join(_number(item) for item in value)
-    return _number(value)
+        return ", ".join(typed_number(item) for item in value)
+    return typed_number(value)
 
 
 def _method_rows(experiment: Experiment) -> list[dict[str, Any]]:

@@ -50,7 +50,7 @@ from experiments.models import (
     Team,
     params_hash,
 )
-from gpu_workers.spec import EvalSpec, MethodSpec, RunSpec, TrainSpec
+from gpu_workers.spec import MethodSpec, RunSpec, TrainSpec
 from webapp.celery import RUN_TASK
 from webapp.celery import app as celery_app
 
@@ -76,8 +76,8 @@ def get_or_create_method(team: Team, family: str, params: dict[str, Any], name: 
 def submit_experiment(user: Any, data: dict[str, Any]) -> Experiment:
     """Write an Experiment, its Methods and one queued Run per method; enqueue the runs on commit.
 
-    *data* is the composer's cleaned data: team, name, base_model, dataset, target_length,
-    eval_lengths, eval_documents and methods (a list of ``{"family", "params"}`` with canonical params).
+    *data* is the composer's cleaned data: team, name, base_model, dataset, target_length, the ``evaluation``
+    and ``training`` specs and methods (a list of ``{"family", "params"}`` with canonical params).
     """
     team: Team = data["team"]
     require_submit(user, team)
@@ -91,10 +91,7 @@ def submit_experiment(user: Any, data: dict[str, Any]) -> Experiment:
             base_model=base_model,
             dataset=data["dataset"],
             target_length=data["target_length"],
-            eval_lengths=list(data["eval_lengths"]),
-            eval_documents=data["eval_documents"],
-            training=dict(data.get("training") or {"mode": "none"}),
-            evaluations=dict(data.get("evaluations") or {"suite": ["perplexity"]}),
+            **Experiment.recipe_fields(data["evaluation"], data.get("training") or TrainSpec()),
         )
         for row in data["methods"]:
             name = method_label(row["family"], row["params"], base_model.rope_facts(), data["target_length"])
@@ -130,11 +127,6 @@ def run_work_dir(run: Run) -> Path:
     return Path(settings.CONTEXTLAB_DATA_DIR) / "runs" / f"run-{run.pk}"
 
 
-def eval_spec_for(experiment: Experiment) -> EvalSpec:
-    settings_: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in experiment.evaluations.items()}
-    return EvalSpec(lengths=tuple(experiment.eval_lengths), documents=experiment.eval_documents, **settings_)
-
-
 def run_spec_for(run: Run) -> RunSpec:
     """The plain-data description of a run that the ML side accepts."""
     experiment = run.experiment
@@ -144,11 +136,11 @@ def run_spec_for(run: Run) -> RunSpec:
         dataset=replace(experiment.dataset.spec(), corpus_dir=settings.CONTEXTLAB_CORPUS_DIR),
         method=MethodSpec(family=run.method.family, params=dict(run.method.params)),
         target_length=experiment.target_length,
-        eval=eval_spec_for(experiment),
+        eval=experiment.eval_spec(),
         seed=0,
         device=settings.CONTEXTLAB_DEVICE,
         work_dir=str(run_work_dir(run)),
-        train=TrainSpec(**experiment.training),
+        train=experiment.train_spec(),
         train_processes=settings.CONTEXTLAB_TRAIN_PROCESSES,
         train_launcher=settings.CONTEXTLAB_TRAIN_LAUNCHER,
     )

@@ -40,15 +40,9 @@ from experiments.access import (
     visible_datasets,
     visible_methods,
 )
-from experiments.forms import (
-    TRAINING_PRESETS,
-    BaseModelForm,
-    Composer,
-    DatasetForm,
-    HaystackSourceForm,
-    MixturePreviewForm,
-    ScalingChartForm,
-)
+from experiments.composer import Composer
+from experiments.composer_forms import TRAINING_PRESETS
+from experiments.forms import BaseModelForm, DatasetForm, HaystackSourceForm, MixturePreviewForm, ScalingChartForm
 from experiments.models import ApiToken, BaseModel
 from gpu_workers import catalog
 from gpu_workers.data.mixture_preview import preview

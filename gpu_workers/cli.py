@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from gpu_workers.reporter import Cancelled, Measurement
-from gpu_workers.spec import EvalSpecError, RunSpec, TrainSpecError
+from gpu_workers.spec import RunSpec, SpecError
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -99,9 +99,8 @@ class JsonlReporter:
         self.stderr.flush()
 
 
-def _field_error(exc: EvalSpecError) -> str:
-    section = "train" if isinstance(exc, TrainSpecError) else "eval"
-    return f"{section}.{exc.field}: {exc}"
+def _field_error(exc: SpecError) -> str:
+    return f"{exc.section}.{exc.field}: {exc}"
 
 
 def load_spec(path: Path) -> RunSpec:
@@ -122,7 +121,7 @@ def load_spec(path: Path) -> RunSpec:
         spec = RunSpec.from_json(data)
     except KeyError as exc:
         raise BadInput(f"invalid spec: missing field {exc}") from None
-    except EvalSpecError as exc:
+    except SpecError as exc:
         raise BadInput(f"invalid spec: {_field_error(exc)}") from None
     except (TypeError, ValueError) as exc:
         raise BadInput(f"invalid spec: {exc}") from None

@@ -25,7 +25,7 @@ from gpu_workers.evaluate.retention import Retention, original_rope
 from gpu_workers.loading import LoadedModel, load
 from gpu_workers.methods.frequencies import original_rotary
 from gpu_workers.reporter import Cancelled, Measurement, Reporter
-from gpu_workers.spec import EVALUATIONS, MIN_PROMPT_LENGTH, EvalSpecError, MethodSpec, RunSpec
+from gpu_workers.spec import EVALUATIONS, MIN_PROMPT_LENGTH, MethodSpec, RunSpec, SpecError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -129,7 +129,7 @@ def longppl_windows(ctx: Context) -> tuple[int, int]:
     long_window = protocols.longppl_long_window(ctx.spec, ctx.loaded.facts.original_context)
     short_window = protocols.longppl_short_window(ctx.spec, long_window)
     if short_window >= long_window:
-        raise EvalSpecError(f"the LongPPL short window ({short_window} tokens) must be shorter than the evaluator's "
+        raise SpecError(f"the LongPPL short window ({short_window} tokens) must be shorter than the evaluator's "
                             f"window, the original context capped at the longest length ({long_window})",
                             "longppl_short_window")
     return long_window, short_window

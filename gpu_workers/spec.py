@@ -7,8 +7,9 @@ replayed from a notebook with nothing but this dict.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
 
 from gpu_workers import catalog
 from gpu_workers.catalog import RULER_TASKS
@@ -67,26 +68,90 @@ class DatasetSpec:
         return BUILTIN_HAYSTACK_SOURCE if self.kind == "builtin" else ALL_SOURCES
 
 
-class EvalSpecError(ValueError):
-    """A bad evaluation setting; ``field`` names the setting so a form can put the message beside it."""
+class SpecError(ValueError):
+    """A bad setting of a spec, the one error type of the spec layer: ``field`` names the setting and
+    ``section`` the spec (``eval`` / ``train``), so the composer, the API and the CLI can each put the message
+    beside what the user typed (:func:`experiments.spec_errors.put_on_form`, ``errors["evaluations.<field>"]``,
+    ``--eval-<field>``)."""
 
-    def __init__(self, message: str, field: str) -> None:
+    def __init__(self, message: str, field: str, section: str = "eval") -> None:
         super().__init__(message)
         self.field = field
+        self.section = section
+
+    @property
+    def sentence(self) -> str:
+        """The message as a sentence: capitalised, one full stop."""
+        text = str(self).rstrip(".")
+        return text[:1].upper() + text[1:] + "."
+
+
+def _json_value(name: str, hint: Any, value: Any, section: str) -> Any:
+    """One JSON value as the dataclass field *name* of type *hint* wants it, or a SpecError naming the field.
+    JSON has lists, not tuples, and numbers without a type: whole numbers are accepted as floats, not the
+    reverse, and booleans are never numbers."""
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise SpecError(f"{name} must be true or false, not {value!r}", name, section)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple):
+            raise SpecError(f"give {name} as a list, not {value!r}", name, section)
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_json_value(name, item, v, section) for v in value)
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int and number and float(value).is_integer():
+        return int(value)
+    if hint is float and number:
+        return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    kind = {int: "a whole number", float: "a number", str: "text"}.get(hint, str(hint))
+    raise SpecError(f"{name} must be {kind}, not {value!r}", name, section)
+
+
+class JsonSpec:
+    """``to_json`` / ``from_json`` for a frozen dataclass of plain fields: the one round trip between a spec
+    and what the database, a Celery message and the API hold. ``from_json`` checks each value's type and
+    refuses unknown keys (a SpecError naming the key), then the dataclass checks the values."""
+
+    section: ClassVar[str] = "eval"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, data: Any) -> typing.Self:
+        if not isinstance(data, dict):
+            raise SpecError(f"give the settings as an object, not {data!r}", "__all__", cls.section)
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise SpecError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))}",
+                            unknown[0], cls.section)
+        return cls(**{k: _json_value(k, hints[k], v, cls.section) for k, v in data.items()})
 
 
 def _depths(values: Any, field_name: str) -> tuple[float, ...]:
     depths = tuple(sorted({round(float(d), 4) for d in values}))
     if not depths:
-        raise EvalSpecError("give at least one depth", field_name)
+        raise SpecError("give at least one depth", field_name)
     if depths[0] < 0 or depths[-1] > 1:
-        raise EvalSpecError("depths are fractions of the context, between 0 and 1", field_name)
+        raise SpecError("depths are fractions of the context, between 0 and 1", field_name)
     return depths
 
 
 @dataclass(frozen=True)
-class EvalSpec:
+class EvalSpec(JsonSpec):
     """What to evaluate and how; every number here is drawn or exported with its coordinates."""
+
+    section: ClassVar[str] = "eval"
 
     lengths: tuple[int, ...]
     documents: int = 8
@@ -125,20 +190,20 @@ class EvalSpec:
         object.__setattr__(self, "lengths", tuple(sorted({int(n) for n in self.lengths})))
         object.__setattr__(self, "suite", tuple(e for e in EVALUATIONS if e in set(self.suite)))
         if not self.lengths or self.lengths[0] < 16:
-            raise EvalSpecError("evaluation lengths must be at least 16 tokens", "lengths")
+            raise SpecError("evaluation lengths must be at least 16 tokens", "lengths")
         if self.documents < 1:
-            raise EvalSpecError("at least one evaluation document is needed", "documents")
+            raise SpecError("at least one evaluation document is needed", "documents")
         if self.protocol not in PPL_PROTOCOLS:
-            raise EvalSpecError(f"perplexity protocol must be one of {PPL_PROTOCOLS}", "protocol")
+            raise SpecError(f"perplexity protocol must be one of {PPL_PROTOCOLS}", "protocol")
         if self.protocol == "sliding" and not 1 <= self.stride <= self.lengths[0]:
-            raise EvalSpecError(
+            raise SpecError(
                 f"the stride must be between 1 and the shortest length ({self.lengths[0]} tokens)", "stride"
             )
         if not self.suite:
-            raise EvalSpecError(f"pick at least one evaluation of {EVALUATIONS}", "suite")
+            raise SpecError(f"pick at least one evaluation of {EVALUATIONS}", "suite")
         prompts = [e for e in self.suite if e in PROMPT_EVALUATIONS]
         if prompts and self.lengths[0] < MIN_PROMPT_LENGTH:
-            raise EvalSpecError(
+            raise SpecError(
                 f"{' and '.join(prompts)} prompts need lengths of at least {MIN_PROMPT_LENGTH} tokens", "lengths"
             )
         self._check_passkey()
@@ -148,49 +213,49 @@ class EvalSpec:
 
     def _check_passkey(self) -> None:
         if not 1 <= self.passkey_samples <= 1000:
-            raise EvalSpecError("passkey samples per length must be between 1 and 1000", "passkey_samples")
+            raise SpecError("passkey samples per length must be between 1 and 1000", "passkey_samples")
         if self.passkey_depth is not None and not 0 <= self.passkey_depth <= 1:
-            raise EvalSpecError("the passkey depth is a fraction between 0 and 1 (blank = random)", "passkey_depth")
+            raise SpecError("the passkey depth is a fraction between 0 and 1 (blank = random)", "passkey_depth")
 
     def _check_needle(self) -> None:
         object.__setattr__(self, "needle_depths", _depths(self.needle_depths, "needle_depths"))
         if not 1 <= self.needle_samples <= 100:
-            raise EvalSpecError("needles per cell must be between 1 and 100", "needle_samples")
+            raise SpecError("needles per cell must be between 1 and 100", "needle_samples")
         if self.needle_variant not in NEEDLE_VARIANTS:
-            raise EvalSpecError(f"needle variant must be one of {NEEDLE_VARIANTS}", "needle_variant")
+            raise SpecError(f"needle variant must be one of {NEEDLE_VARIANTS}", "needle_variant")
         if self.needle_format not in NEEDLE_FORMATS:
-            raise EvalSpecError(f"needle format must be one of {NEEDLE_FORMATS}", "needle_format")
+            raise SpecError(f"needle format must be one of {NEEDLE_FORMATS}", "needle_format")
         if self.needle_variant != "single" and self.needle_format != "magic_number":
-            raise EvalSpecError("multi-key and multi-value needles use the magic-number format", "needle_format")
+            raise SpecError("multi-key and multi-value needles use the magic-number format", "needle_format")
         if not 2 <= self.needle_count <= 16:
-            raise EvalSpecError("multi-key / multi-value needles: between 2 and 16", "needle_count")
+            raise SpecError("multi-key / multi-value needles: between 2 and 16", "needle_count")
 
     def _check_ruler(self) -> None:
         tasks = tuple(dict.fromkeys(str(t) for t in self.ruler_tasks))
         unknown = [t for t in tasks if t not in RULER_TASKS]
         if unknown:
-            raise EvalSpecError(f"unknown RULER task {', '.join(unknown)}; the tasks are {', '.join(RULER_TASKS)}",
+            raise SpecError(f"unknown RULER task {', '.join(unknown)}; the tasks are {', '.join(RULER_TASKS)}",
                                 "ruler_tasks")
         object.__setattr__(self, "ruler_tasks", tuple(t for t in RULER_TASKS if t in tasks))
         if self.wants("ruler") and not self.ruler_tasks:
-            raise EvalSpecError("pick at least one RULER task", "ruler_tasks")
+            raise SpecError("pick at least one RULER task", "ruler_tasks")
         if not 1 <= self.ruler_samples <= MAX_RULER_SAMPLES:
-            raise EvalSpecError(f"RULER samples per task and length must be between 1 and {MAX_RULER_SAMPLES}",
+            raise SpecError(f"RULER samples per task and length must be between 1 and {MAX_RULER_SAMPLES}",
                                 "ruler_samples")
         threshold = float(self.ruler_threshold)
         if math.isnan(threshold) or not 0 < threshold <= 1:
-            raise EvalSpecError("the effective-length threshold is a share of the score at the original context, "
+            raise SpecError("the effective-length threshold is a share of the score at the original context, "
                                 "above 0 and at most 1 (RULER and NoLiMa use 0.85)", "ruler_threshold")
         if not 0 <= self.ruler_max_new_tokens <= 512:
-            raise EvalSpecError("RULER answer tokens must be between 0 (automatic) and 512", "ruler_max_new_tokens")
+            raise SpecError("RULER answer tokens must be between 0 (automatic) and 512", "ruler_max_new_tokens")
 
     def _check_longppl(self) -> None:
         if self.longppl_short_window != 0 and self.longppl_short_window < 16:
-            raise EvalSpecError("the LongPPL short window needs at least 16 tokens (0 = an eighth of the original "
+            raise SpecError("the LongPPL short window needs at least 16 tokens (0 = an eighth of the original "
                                 "context)", "longppl_short_window")
         for name, value in (("longppl_gain", self.longppl_gain), ("longppl_bound", self.longppl_bound)):
             if math.isnan(float(value)) or not float(value) > 0:
-                raise EvalSpecError("LongPPL's key-token thresholds are positive numbers of nats (the paper: 2)", name)
+                raise SpecError("LongPPL's key-token thresholds are positive numbers of nats (the paper: 2)", name)
 
     def wants(self, evaluation: str) -> bool:
         return evaluation in self.suite
@@ -201,13 +266,11 @@ MAX_POSE_CHUNKS = 16
 DATA_STRATEGIES = catalog.keys(catalog.DATA_STRATEGIES)
 
 
-class TrainSpecError(EvalSpecError):
-    """A bad training setting, named by ``field``."""
-
-
 @dataclass(frozen=True)
-class TrainSpec:
+class TrainSpec(JsonSpec):
     """A training step between applying the method and evaluating it; ``mode="none"`` skips it."""
+
+    section: ClassVar[str] = "train"
 
     mode: str = "none"
     steps: int = 100
@@ -280,7 +343,7 @@ class TrainSpec:
         ]
         for ok, name, message in checks:
             if not ok:
-                raise TrainSpecError(message, name)
+                raise SpecError(message, name, "train")
 
     @property
     def enabled(self) -> bool:
@@ -330,24 +393,22 @@ class RunSpec:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for name in ("lengths", "suite", "needle_depths", "ruler_tasks"):
-            data["eval"][name] = list(data["eval"][name])
-        data["train"]["upsample_sources"] = list(self.train.upsample_sources)
+        data["eval"] = self.eval.to_json()
+        data["train"] = self.train.to_json()
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunSpec:
-        evaluation: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data["eval"].items()}
         return cls(
             run_id=data["run_id"],
             model_source=data["model_source"],
             dataset=DatasetSpec(**data["dataset"]),
             method=MethodSpec(**data["method"]),
             target_length=int(data["target_length"]),
-            eval=EvalSpec(**evaluation),
+            eval=EvalSpec.from_json(data["eval"]),
             seed=int(data.get("seed", 0)),
             device=data.get("device", "auto"),
-            train=TrainSpec(**data.get("train", {})),
+            train=TrainSpec.from_json(data.get("train", {})),
             work_dir=data.get("work_dir", ""),
             train_processes=int(data.get("train_processes", 1)),
             train_launcher=data.get("train_launcher", "accelerate"),

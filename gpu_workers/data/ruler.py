@@ -71,7 +71,7 @@ from gpu_workers.catalog import RULER_GROUPS, RULER_TASKS
 from gpu_workers.data import passkey as passkey_format
 from gpu_workers.data.documents import DatasetError, haystack_documents
 from gpu_workers.data.needle import DOCUMENT_SEPARATOR, haystack_order
-from gpu_workers.spec import DatasetSpec, EvalSpecError
+from gpu_workers.spec import DatasetSpec, SpecError
 
 GENERATOR_VERSION = 1
 """Part of every cache key: bump it whenever a generator's output changes, so stale caches are not read."""
@@ -91,7 +91,7 @@ NOISE_SENTENCES = passkey_format.FILLER
 """RULER's noise haystack is these five repeated sentences; the demo model was taught them for passkeys."""
 
 
-class RulerError(EvalSpecError):
+class RulerError(SpecError):
     """A RULER setting that cannot be honoured; ``field`` names the setting (``lengths``, ``ruler_samples``,
     ``ruler_threshold``, ``ruler_tasks``) so a form or a failed run can put the message beside it."""
 

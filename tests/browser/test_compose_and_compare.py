@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from experiments.forms import DEFAULT_SUITE
+from experiments.composer_forms import DEFAULT_SUITE
 from experiments.models import Experiment
 from gpu_workers.spec import EVALUATIONS
 from tests.browser.conftest import log_in_as_demo

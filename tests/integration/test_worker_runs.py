@@ -295,7 +295,7 @@ def test_the_composers_default_experiment_shows_every_phenomenon_on_the_demo_mod
     YaRN paper's: NTK scale L/L0) 19.0 / 20.7 / 25.6 (with factor 4, the old default: 19.0 / 20.8 / 23.2); baseline
     passkey and needle 1.0 at 256 and 0 past it; YaRN passkey .55 / .95 / .95, needle 1.0 / .9 / .9.
     """
-    from experiments.forms import DEFAULT_SUITE, INITIAL_FAMILIES
+    from experiments.composer_forms import DEFAULT_SUITE, INITIAL_FAMILIES
 
     # PI and YaRN take factor 4 from the target; dynamic NTK factor 1 (its scale grows as L / 256).
     methods = [{"family": family, "params": {}} for family in INITIAL_FAMILIES]

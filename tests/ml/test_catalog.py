@@ -131,7 +131,7 @@ def test_search_rows_default_to_the_catalog_and_build_the_same_config() -> None:
 
 def test_the_composer_and_the_api_offer_the_catalog_s_search_defaults() -> None:
     from experiments import api
-    from experiments.forms import MethodRowForm, param_field_name
+    from experiments.method_forms import MethodRowForm, param_field_name
 
     row = MethodRowForm()
     families = {f["name"]: f for f in api.families_json()}
@@ -148,7 +148,7 @@ def test_the_composer_and_the_api_offer_the_catalog_s_search_defaults() -> None:
 
 
 def test_the_spec_and_the_forms_use_the_catalog_s_choices() -> None:
-    from experiments import forms
+    from experiments import composer_forms as forms
     from gpu_workers import spec
 
     assert tuple(catalog.EVALUATIONS) == spec.EVALUATIONS

@@ -20,7 +20,7 @@ from gpu_workers.evaluate.retention import original_rope
 from gpu_workers.evaluate.stats import wilson_interval
 from gpu_workers.loading import load
 from gpu_workers.methods.frequencies import original_frequencies
-from gpu_workers.spec import DatasetSpec, EvalSpec, EvalSpecError, MethodSpec
+from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, SpecError
 
 CPU = place("cpu")
 
@@ -264,7 +264,7 @@ def test_kv_cache_prediction_matches_the_cache_held_including_grouped_query_head
     ({"lengths": (64, 256), "suite": ("perplexity", "passkey")}, "lengths"),
 ])
 def test_bad_evaluation_settings_name_their_field(kwargs: dict, field: str) -> None:
-    with pytest.raises(EvalSpecError) as caught:
+    with pytest.raises(SpecError) as caught:
         EvalSpec(**{"lengths": (256, 1024), **kwargs})
     assert caught.value.field == field
 

@@ -20,7 +20,7 @@ from gpu_workers.device import place
 from gpu_workers.loading import LoadedModel, load
 from gpu_workers.reporter import Cancelled, MemoryReporter
 from gpu_workers.rotary import reset_rotary_cache
-from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec, TrainSpec, TrainSpecError
+from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec, SpecError, TrainSpec
 from gpu_workers.train import forward_inputs, pose_ids, train
 from gpu_workers.train.checkpoint import fingerprint
 
@@ -90,7 +90,7 @@ def test_pose_ids_refuse_what_cannot_be_cut_or_spread() -> None:
     ({"pose": True, "mixed_windows": True}, "mixed_windows", "mixed context windows cannot be combined with PoSE"),
 ])
 def test_train_spec_names_the_bad_pose_setting(settings: dict, field: str, message: str) -> None:
-    with pytest.raises(TrainSpecError, match=message) as caught:
+    with pytest.raises(SpecError, match=message) as caught:
         TrainSpec(mode="finetune", **settings)
     assert caught.value.field == field
 

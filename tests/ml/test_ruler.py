@@ -21,7 +21,7 @@ from gpu_workers.device import place
 from gpu_workers.evaluate import ruler as scoring
 from gpu_workers.loading import load
 from gpu_workers.reporter import Cancelled, Measurement
-from gpu_workers.spec import DatasetSpec, EvalSpecError, MethodSpec
+from gpu_workers.spec import DatasetSpec, MethodSpec, SpecError
 
 LENGTHS = (256, 512, 1024)
 SAMPLES = 4
@@ -233,7 +233,7 @@ def test_pieces_are_the_ids_the_tokenizer_gives(tok) -> None:
 def test_a_length_too_short_for_the_instructions_names_lengths(tok, haystack, name: str) -> None:
     with pytest.raises(RulerError, match="too short") as error:
         ruler.generate(name, tok, haystack, 96, 0, 1, cache=None)
-    assert error.value.field == "lengths" and isinstance(error.value, EvalSpecError)
+    assert error.value.field == "lengths" and isinstance(error.value, SpecError)
     shortest = ruler.minimum_length(name, tok, haystack)
     assert shortest <= 256
     ruler.generate(name, tok, haystack, shortest, 5, 3, cache=None)

@@ -74,8 +74,8 @@ def test_every_evaluation_number_carries_its_protocol_key(baseline: MemoryReport
 
 
 def test_a_longppl_short_window_not_shorter_than_the_evaluator_is_refused_before_anything_runs() -> None:
-    from gpu_workers.spec import EvalSpecError
+    from gpu_workers.spec import SpecError
 
-    with pytest.raises(EvalSpecError, match="must be shorter") as caught:
+    with pytest.raises(SpecError, match="must be shorter") as caught:
         _run(longppl_short_window=256)
     assert caught.value.field == "longppl_short_window"

@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 
 from experiments import evaluation_charts, selectors, services
-from experiments.forms import Composer
+from experiments.composer import Composer
 from experiments.models import BaseModel, Dataset, Experiment, Measurement
 from tests.web.factories import login, make_experiment
 from tests.web.helpers import body, composer_post, post_json, token_client
@@ -20,12 +20,12 @@ def test_composer_stores_the_suite_with_a_derived_stride(owner: Any, team: Any, 
                                                        "eval-needle_depths": "0, 50%, 1"})
     composer = Composer(owner, data)
     assert composer.is_valid(), composer.errors()
-    settings = composer.cleaned()["evaluations"]
-    assert settings["suite"] == ["perplexity", "passkey", "needle"]
-    assert settings["stride"] == 128, "half the original context of 256"
-    assert settings["passkey_depth"] == 0.25 and settings["needle_depths"] == [0.0, 0.5, 1.0]
+    settings = composer.cleaned()["evaluation"]
+    assert settings.suite == ("perplexity", "passkey", "needle")
+    assert settings.stride == 128, "half the original context of 256"
+    assert settings.passkey_depth == 0.25 and settings.needle_depths == (0.0, 0.5, 1.0)
     experiment = services.submit_experiment(owner, composer.cleaned())
-    spec = services.eval_spec_for(experiment)
+    spec = experiment.eval_spec()
     assert (spec.protocol, spec.stride, spec.suite) == ("sliding", 128, ("perplexity", "passkey", "needle"))
 
 

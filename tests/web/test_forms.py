@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from experiments.forms import BaseModelForm, Composer, DatasetForm, default_eval_lengths, parse_lengths
+from experiments.composer import Composer
+from experiments.composer_forms import default_eval_lengths, parse_lengths
+from experiments.forms import BaseModelForm, DatasetForm
 from experiments.models import BaseModel, Dataset, Experiment, Method, Run
 from tests.web.helpers import composer_post
 

@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from experiments import selectors, services, worker
-from experiments.forms import Composer
+from experiments.composer import Composer
 from experiments.models import BaseModel, Dataset, Measurement, Run
 from tests.web.factories import login, make_experiment
 from tests.web.helpers import composer_post, csrf_token, token_client

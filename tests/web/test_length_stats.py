@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from experiments import length_stats, tasks
-from experiments.forms import Composer
+from experiments.composer import Composer
 from experiments.models import BaseModel, Dataset, DatasetLengthStats, Experiment
 from gpu_workers.tokenizer_files import tokenizer_key
 from tests.web.factories import login

@@ -162,6 +162,6 @@ def test_a_ruler_experiment_is_saved_with_its_settings(team: Any, owner: Any, ba
     response = login(owner).post(reverse("experiment_new"), body)
     assert response.status_code == 302, response.context and response.context["composer"].errors()
     experiment = Experiment.objects.get()
-    spec = services.eval_spec_for(experiment)
+    spec = experiment.eval_spec()
     assert spec.ruler_tasks == ("niah_single_1", "vt") and spec.ruler_samples == 3 and spec.ruler_threshold == 0.9
     assert spec.wants("ruler") and not spec.wants("passkey")

@@ -19,6 +19,7 @@ from experiments.models import Experiment, Measurement, Method, Run
 from experiments.worker import DbReporter
 from gpu_workers.reporter import Cancelled
 from gpu_workers.reporter import Measurement as Reported
+from gpu_workers.spec import EvalSpec
 
 Status = Run.Status
 
@@ -27,7 +28,7 @@ def submit(owner: Any, team: Any, base_model: Any, dataset: Any, methods: list[d
            ) -> Experiment:
     return services.submit_experiment(owner, {
         "team": team, "name": "Question", "base_model": base_model, "dataset": dataset, "target_length": 1024,
-        "eval_lengths": [256, 512, 1024], "eval_documents": 2,
+        "evaluation": EvalSpec(lengths=(256, 512, 1024), documents=2),
         "methods": methods or [{"family": "none", "params": {}}, {"family": "pi", "params": {"factor": 4.0}}],
     })
 
@@ -56,7 +57,9 @@ def test_submit_writes_experiment_methods_runs_and_enqueues_on_commit(
     runs = list(experiment.runs.order_by("id"))
     assert [r.status for r in runs] == [Status.QUEUED, Status.QUEUED]
     assert [r.method.family for r in runs] == ["none", "pi"]
-    assert experiment.training == {"mode": "none"} and experiment.evaluations == {"suite": ["perplexity"]}
+    assert experiment.training == {"mode": "none"} and experiment.evaluations["suite"] == ["perplexity"]
+    assert experiment.eval_spec() == EvalSpec(lengths=(256, 512, 1024), documents=2)
+    assert (experiment.eval_lengths, experiment.eval_documents) == ([256, 512, 1024], 2)
     assert no_broker.call_count == 0, "nothing is sent before the transaction commits"
     assert len(callbacks) == 2
     for callback in callbacks:

@@ -9,7 +9,8 @@ import pytest
 from django.urls import reverse
 
 from experiments import services
-from experiments.forms import TRAINING_PRESETS, Composer
+from experiments.composer import Composer
+from experiments.composer_forms import TRAINING_PRESETS
 from experiments.models import BaseModel, Dataset, Experiment
 from gpu_workers.spec import TrainSpec
 from tests.web.factories import login
@@ -134,7 +135,7 @@ def test_pose_chunks_left_blank_are_two(owner: Any, team: Any, base_model: BaseM
     composer = Composer(owner, composer_post(team, base_model, dataset, **{
         "train-mode": "finetune", "train-pose": "on", "train-pose_chunks": ""}))
     assert composer.is_valid(), composer.errors()
-    assert composer.cleaned()["training"]["pose_chunks"] == 2
+    assert composer.cleaned()["training"].pose_chunks == 2
 
 
 @pytest.mark.parametrize(("fields", "field", "message"), [

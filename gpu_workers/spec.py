@@ -71,7 +71,7 @@ class DatasetSpec:
 class SpecError(ValueError):
     """A bad setting of a spec, the one error type of the spec layer: ``field`` names the setting and
     ``section`` the spec (``eval`` / ``train``), so the composer, the API and the CLI can each put the message
-    beside what the user typed (:func:`experiments.spec_errors.put_on_form`, ``errors["evaluations.<field>"]``,
+    beside what the user typed (:func:`experiments.composer.put_on_form`, ``errors["evaluations.<field>"]``,
     ``--eval-<field>``)."""
 
     def __init__(self, message: str, field: str, section: str = "eval") -> None:

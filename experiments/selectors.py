@@ -12,8 +12,22 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from django.db.models import Avg, Count, Exists, IntegerField, Max, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import (
+    Avg,
+    Count,
+    Exists,
+    F,
+    IntegerField,
+    Max,
+    Min,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Window,
+)
+from django.db.models.functions import Coalesce, RowNumber
 from django.urls import reverse
 from django.utils import timezone
 
@@ -366,34 +380,37 @@ def leaderboard_rows(teams: Iterable[Team] | QuerySet[Team], base_model: BaseMod
     measurements = _finished_measurements(teams, base_model, context_length, metric, protocol_key)
     totals = list(
         measurements.values("run__method_id")
-        .annotate(n=Count("run_id", distinct=True), mean=Avg("value"), best=best)
+        .annotate(n=Count("run_id", distinct=True), mean=Avg("value"), best=best,
+                  experiment_count=Count("run__experiment_id", distinct=True))
         .order_by("best" if lower else "-best", "run__method_id")
     )
+    # Each method's best LEADERBOARD_LINKS experiments, chosen in the database (a window over the per-experiment
+    # bests), so the page reads the same number of rows however many experiments a method ran in.
     per_experiment = (
         measurements.values("run__method_id", "run__experiment__uuid", "run__experiment__name")
         .annotate(best=best)
-        .order_by("run__experiment__name")
+        .annotate(place=Window(RowNumber(), partition_by=F("run__method_id"),
+                               order_by=[F("best").asc() if lower else F("best").desc(),
+                                         F("run__experiment__name").asc()]))
+        .filter(place__lte=LEADERBOARD_LINKS)
+        .order_by("run__method_id", "place")
     )
-    experiments: dict[int, list[tuple[str, str, float]]] = defaultdict(list)
+    experiments: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for row in per_experiment:
-        experiments[row["run__method_id"]].append(
-            (str(row["run__experiment__uuid"]), row["run__experiment__name"], row["best"])
-        )
+        experiments[row["run__method_id"]].append((str(row["run__experiment__uuid"]), row["run__experiment__name"]))
     methods = Method.objects.in_bulk([row["run__method_id"] for row in totals])
     rows = []
     for rank, row in enumerate(totals, 1):
         links = experiments[row["run__method_id"]]
-        winner = (min if lower else max)(links, key=lambda link: link[2]) if links else None
         rows.append(LeaderboardRow(
             rank=rank,
             method=methods[row["run__method_id"]],
             runs=row["n"],
             mean=row["mean"],
             best=row["best"],
-            best_experiment=(winner[0], winner[1]) if winner else None,
-            experiments=[(uuid, name) for uuid, name, _ in
-                         sorted(links, key=lambda link: link[2] if lower else -link[2])[:LEADERBOARD_LINKS]],
-            experiment_count=len(links),
+            best_experiment=links[0] if links else None,
+            experiments=links,
+            experiment_count=row["experiment_count"],
         ))
     return rows
 

@@ -520,19 +520,21 @@ class RulerTask:
 _VALUE_NOUNS = {"number": "numbers", "uuid": "uuids", "word": "words"}
 
 
+def _draw_value(kind: str, rng: random.Random, vocab: Sequence[str], avoid: set[str]) -> str | None:
+    """One draw of a key or value of *kind*; None when a word pair would reuse a word of *avoid*."""
+    if kind == "number":
+        return str(rng.randint(10 ** (NUMBER_DIGITS - 1), 10**NUMBER_DIGITS - 1))
+    if kind == "uuid":
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    first, second = rng.sample(vocab, 2)
+    return None if first in avoid or second in avoid else f"{first}-{second}"
+
+
 def _random_value(kind: str, rng: random.Random, vocab: Sequence[str], taken: set[str]) -> str:
     """A fresh key or value of *kind*; word pairs use words no other key or value of the sample uses."""
     while True:
-        if kind == "number":
-            value = str(rng.randint(10 ** (NUMBER_DIGITS - 1), 10**NUMBER_DIGITS - 1))
-        elif kind == "uuid":
-            value = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        else:
-            first, second = rng.sample(vocab, 2)
-            if first in taken or second in taken:
-                continue
-            value = f"{first}-{second}"
-        if value not in taken:
+        value = _draw_value(kind, rng, vocab, taken)
+        if value is not None and value not in taken:
             taken.add(value)
             taken.update(value.split("-") if kind == "word" else ())
             return value
@@ -725,16 +727,8 @@ def _distractor_lines(job: _Job, rng: random.Random, tokens: int, key_kind: str,
 
     def fresh(kind: str) -> str:
         while True:
-            if kind == "number":
-                value = str(rng.randint(10 ** (NUMBER_DIGITS - 1), 10**NUMBER_DIGITS - 1))
-            elif kind == "uuid":
-                value = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-            else:
-                first, second = rng.sample(vocab, 2)
-                if first in taken or second in taken:
-                    continue
-                value = f"{first}-{second}"
-            if value not in used:
+            value = _draw_value(kind, rng, vocab, taken)
+            if value is not None and value not in used:
                 used.add(value)
                 return value
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from experiments import selectors
-from experiments.models import Run, Team
+from experiments.models import Measurement, Run, Team
 from tests.web.factories import make_experiment
 
 
@@ -79,3 +79,15 @@ def test_a_leaderboard_row_links_a_bounded_number_of_experiments_best_first(team
     (row,) = selectors.leaderboard_rows([team], base_model, 512)
     assert [name for _, name in row.experiments] == ["E0", "E1", "E2", "E3", "E4"], "lowest perplexity first"
     assert row.experiment_count == 8 and row.more_experiments == 3 and row.runs == 8
+
+
+def test_a_higher_is_better_leaderboard_links_its_highest_experiments_first(team: Team, owner: Any,
+                                                                           base_model: Any, dataset: Any) -> None:
+    for i in range(7):
+        experiment = make_experiment(team, owner, base_model, dataset, runs=1, name=f"P{i}")
+        run = experiment.runs.get()
+        Measurement.objects.create(run=run, metric="passkey", value=i / 10, context_length=512, samples=10)
+    (row,) = selectors.leaderboard_rows([team], base_model, 512, metric="passkey")
+    assert row.best == 0.6 and row.best_experiment[1] == "P6"
+    assert [name for _, name in row.experiments] == ["P6", "P5", "P4", "P3", "P2"]
+    assert row.experiment_count == 7 and row.more_experiments == 2

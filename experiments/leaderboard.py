@@ -116,7 +116,8 @@ def resolve(user: Any, query: QueryDict) -> LeaderboardQuery:
     metric = query.get("metric") or "perplexity"
     if metric not in METRICS:
         metric = "perplexity"
-    lengths = selectors.leaderboard_lengths(teams, base_model, metric) if base_model else []
+    groups = selectors.leaderboard_groups(teams, base_model, metric) if base_model else {}
+    lengths = selectors.leaderboard_lengths(teams, base_model, metric, groups) if base_model else []
     length = int_param(query.get("context_length"))
     if length is None and lengths:
         length = lengths[-1]
@@ -125,7 +126,7 @@ def resolve(user: Any, query: QueryDict) -> LeaderboardQuery:
     result = LeaderboardQuery(my_teams, team, base_models, base_model, lengths, length, metric)
     if base_model is None or (length is None and not result.length_free):
         return result
-    result.protocols = selectors.leaderboard_protocols(teams, base_model, length, metric)
+    result.protocols = selectors.leaderboard_protocols(teams, base_model, length, metric, groups)
     wanted = query.get("protocol")
     result.protocol = next((c for c in result.protocols if c.key == wanted), None) if wanted is not None else None
     if result.protocol is None and result.protocols:

@@ -262,13 +262,17 @@ def _cell(metric: str, agg: pivot_selectors.Aggregate | None) -> PivotCell:
     return PivotCell(text, agg.mean, title=f"mean of {agg.runs} run{'s' if agg.runs != 1 else ''}")
 
 
-def _mark_best(rows: list[PivotRow], column: int, lower: bool) -> None:
+def _mark_best(rows: list[PivotRow], column: int, lower: bool, metric: str) -> None:
+    """Bold the best value of a column, and every value shown the same: a reader sees two cells that both read
+    44.84 as a tie, whatever the digits past the ones shown (dynamic NTK inside the original context is the
+    baseline up to float rounding)."""
     values = [value for r in rows if (value := r.cells[column].value) is not None]
     if not values:
         return
-    best = min(values) if lower else max(values)
+    best = _format(metric, min(values) if lower else max(values))
     for r in rows:
-        if r.cells[column].value == best:
+        value = r.cells[column].value
+        if value is not None and _format(metric, value) == best:
             r.cells[column].best = True
 
 
@@ -301,7 +305,7 @@ def length_table(found: list[pivot_selectors.Group], metric: str, protocol: Prot
 
     table.rows.sort(key=order)
     for column in range(len(lengths)):
-        _mark_best(table.rows, column, lower)
+        _mark_best(table.rows, column, lower, metric)
     evaluation = PIVOT_EVALUATIONS.get(metric, metric)
     described = protocol_text(protocol.run_protocol, evaluation) if protocol.key else ""
     table.notes.append(f"{PIVOT_METRICS[metric]}, protocol {protocol.key or 'not recorded'}"
@@ -336,7 +340,7 @@ def summary_table(found: list[pivot_selectors.Group], length: int | None) -> Piv
                                                                                          strict=True)]))
     table.rows.sort(key=lambda r: (r.cells[0].value is None, r.cells[0].value or 0.0, r.method))
     for index, column in enumerate(SUMMARY_COLUMNS):
-        _mark_best(table.rows, index, column.metric in LOWER_IS_BETTER)
+        _mark_best(table.rows, index, column.metric in LOWER_IS_BETTER, column.metric)
     return table
 
 

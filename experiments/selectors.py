@@ -331,7 +331,11 @@ LENGTH_FREE_METRICS = catalog.LENGTH_FREE_METRICS
 """Metrics measured once per run, not per context length: the leaderboard ignores its length filter for them."""
 
 
-def _finished_measurements(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, context_length: int | None,
+ANY_LENGTH: Any = object()
+"""``_finished_measurements``' context length meaning every length (of a metric measured per length)."""
+
+
+def _finished_measurements(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, context_length: Any,
                            metric: str, protocol_key: str | None = None) -> QuerySet[Measurement]:
     measurements = Measurement.objects.filter(
         metric=metric,
@@ -343,6 +347,8 @@ def _finished_measurements(teams: Iterable[Team] | QuerySet[Team], base_model: B
     )
     if metric in LENGTH_FREE_METRICS:
         measurements = measurements.filter(context_length__isnull=True)
+    elif context_length is ANY_LENGTH:
+        measurements = measurements.filter(context_length__isnull=False)
     else:
         measurements = measurements.filter(context_length=context_length)
     if protocol_key is not None:
@@ -359,16 +365,44 @@ class ProtocolChoice:
     """One run's whole protocol with this key (they agree on everything the key covers)."""
 
 
+ProtocolGroups = dict[int | None, list[dict[str, Any]]]
+"""Per context length (None for a length-free metric): the protocols measured there, each
+``{"protocol_key", "n" (runs), "example" (a run id)}``, most runs first."""
+
+
+def leaderboard_groups(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel,
+                       metric: str = "perplexity") -> ProtocolGroups:
+    """Which lengths and protocols the leaderboard can show, in one query: the page's length filter and its
+    protocol choices come from one grouped pass over the matching measurements, not one pass each."""
+    groups: ProtocolGroups = defaultdict(list)
+    for row in (_finished_measurements(teams, base_model, ANY_LENGTH, metric)
+                .values("context_length", "protocol_key")
+                .annotate(n=Count("run_id", distinct=True), example=Min("run_id"))
+                .order_by("context_length", "-n", "protocol_key")):
+        groups[row.pop("context_length")].append(row)
+    return dict(groups)
+
+
+def leaderboard_lengths(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel,
+                        metric: str = "perplexity", groups: ProtocolGroups | None = None) -> list[int]:
+    """Context lengths with finished measurements, for the leaderboard's filter: one query, none with *groups*
+    (or for a metric without lengths)."""
+    if metric in LENGTH_FREE_METRICS:
+        return []
+    if groups is None:
+        groups = leaderboard_groups(teams, base_model, metric)
+    return sorted(length for length in groups if length is not None)
+
+
 def leaderboard_protocols(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, context_length: int | None,
-                          metric: str) -> list[ProtocolChoice]:
-    """The protocols the matching measurements were taken under, most runs first: two queries."""
-    groups = list(
-        _finished_measurements(teams, base_model, context_length, metric)
-        .values("protocol_key").annotate(n=Count("run_id", distinct=True), example=Min("run_id"))
-        .order_by("-n", "protocol_key")
-    )
-    protocols = dict(Run.objects.filter(pk__in=[g["example"] for g in groups]).values_list("pk", "protocol"))
-    return [ProtocolChoice(g["protocol_key"], g["n"], protocols.get(g["example"]) or {}) for g in groups]
+                          metric: str, groups: ProtocolGroups | None = None) -> list[ProtocolChoice]:
+    """The protocols the matching measurements were taken under, most runs first: two queries, one with
+    *groups* (from :func:`leaderboard_groups`)."""
+    if groups is None:
+        groups = leaderboard_groups(teams, base_model, metric)
+    chosen = groups.get(None if metric in LENGTH_FREE_METRICS else context_length, [])
+    protocols = dict(Run.objects.filter(pk__in=[g["example"] for g in chosen]).values_list("pk", "protocol"))
+    return [ProtocolChoice(g["protocol_key"], g["n"], protocols.get(g["example"]) or {}) for g in chosen]
 
 
 def leaderboard_rows(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel, context_length: int | None,
@@ -413,21 +447,6 @@ def leaderboard_rows(teams: Iterable[Team] | QuerySet[Team], base_model: BaseMod
             experiment_count=row["experiment_count"],
         ))
     return rows
-
-
-def leaderboard_lengths(teams: Iterable[Team] | QuerySet[Team], base_model: BaseModel,
-                        metric: str = "perplexity") -> list[int]:
-    """Context lengths with finished measurements, for the leaderboard's filter: one query (none for a metric
-    without lengths)."""
-    if metric in LENGTH_FREE_METRICS:
-        return []
-    return list(
-        Measurement.objects.filter(
-            metric=metric, context_length__isnull=False, depth__isnull=True, run__status=Run.Status.SUCCEEDED,
-            run__experiment__team__in=teams, run__experiment__base_model=base_model,
-            run__experiment__archived_at__isnull=True,
-        ).values_list("context_length", flat=True).distinct().order_by("context_length")
-    )
 
 
 # --- CSV -----------------------------------------------------------------------------------------------

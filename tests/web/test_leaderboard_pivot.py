@@ -82,6 +82,17 @@ def test_methods_by_length_group_agreeing_runs_with_their_spread(owner: Any, tea
     assert "11.26 [10.26–12.26]</strong>" in html
 
 
+def test_values_shown_the_same_share_the_bold(owner: Any, team: Team, base_model: BaseModel, dataset: Dataset
+                                              ) -> None:
+    """Dynamic NTK inside the original context is the baseline up to float rounding: both read 44.84, both bold."""
+    make_experiment(team, owner, base_model, dataset, runs=3, name="near tie", lengths=(256,),
+                    values=lambda i, n: (44.8400001, 44.8400002, 50.0)[i])
+    response = pivot(login(owner))
+    html = response.content.decode()
+    assert html.count('class="num best"') == 2, "the two cells shown as 44.84 are both the best"
+    assert html.count("<strong>44.84</strong>") == 2 and "<strong>50.00</strong>" not in html
+
+
 def test_the_same_configuration_of_two_teams_is_one_row(owner: Any, team: Team, other_team: Team,
                                                        base_model: BaseModel, dataset: Dataset) -> None:
     from experiments.models import Membership

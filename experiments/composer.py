@@ -170,7 +170,8 @@ class Composer:
             return True
         ok = True
         if spec.mixed_windows:
-            rope = base.rope_facts()
+            rope = self.context.base  # the model's facts, read once for the method rows
+            assert rope is not None, "only called once the rows were checked against the model"
             offending = [f"{FAMILIES[form.cleaned_data['family']].label} (row {i + 1})"
                          for i, form in enumerate(self.methods.forms)
                          if not form.is_blank

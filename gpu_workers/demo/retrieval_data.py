@@ -27,6 +27,7 @@ import torch
 
 from gpu_workers.data import passkey
 from gpu_workers.data.needle import NeedleBuilder
+from gpu_workers.demo.ruler_rows import RulerPool
 
 NEEDLE_FORMATS: tuple[tuple[str, str], ...] = (
     ("passkey", "single"), ("magic_number", "single"), ("magic_number", "multikey"), ("magic_number", "multivalue"),
@@ -62,14 +63,19 @@ class Mix:
     the others are shorter and preceded by text, so the needle is met at every distance and offset."""
     end_depths: float = 0.2
     """Of the needle rows, the share with the needle first or last (depth 0 or 1)."""
+    ruler: float = 0.0
+    """RULER-shaped prompts (:mod:`gpu_workers.demo.ruler_rows`); 0 leaves the draws of a mix without them
+    exactly as they were."""
 
 
 class RowMaker:
     """Draws training rows of exactly *context* tokens from token streams of the training split."""
 
     def __init__(self, tokenizer: Any, *, context: int, text: torch.Tensor, haystacks: dict[str, list[int]],
-                 noise: torch.Tensor, seed: int, mix: Mix = Mix()) -> None:
-        self.tokenizer, self.context, self.mix = tokenizer, context, mix
+                 noise: torch.Tensor, seed: int, mix: Mix = Mix(), ruler: RulerPool | None = None) -> None:
+        if mix.ruler and ruler is None:
+            raise ValueError("a mix with RULER rows needs a RulerPool")
+        self.tokenizer, self.context, self.mix, self.ruler = tokenizer, context, mix, ruler
         self.text, self.noise, self.haystacks = text, noise, haystacks
         self.rng = random.Random(seed)
         self.eos = tokenizer.eos_token_id
@@ -86,13 +92,20 @@ class RowMaker:
 
     def row(self) -> Row:
         m = self.mix
-        kind = self.rng.choices(("text", "needle", "passkey_text", "passkey_random"),
-                                weights=(m.text, m.needle, m.passkey_text, m.passkey_random))[0]
+        kinds, weights = ["text", "needle", "passkey_text", "passkey_random"], [m.text, m.needle, m.passkey_text,
+                                                                               m.passkey_random]
+        if m.ruler:
+            kinds.append("ruler")
+            weights.append(m.ruler)
+        kind = self.rng.choices(kinds, weights=weights)[0]
         if kind == "text":
             start = self.rng.randrange(0, len(self.text) - self.context - 1)
             ids = self.text[start : start + self.context].tolist()
             return Row(ids, [True] * self.context, [False] * self.context)
-        if kind == "needle":
+        if kind == "ruler":
+            assert self.ruler is not None
+            prompt, answer = self.ruler.draw(self.rng)
+        elif kind == "needle":
             prompt, answer = self.needle_prompt()
         else:
             prompt, answer = self.passkey_prompt()

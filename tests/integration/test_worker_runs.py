@@ -323,17 +323,17 @@ def test_the_composers_default_experiment_shows_every_phenomenon_on_the_demo_mod
 
 
 def test_ruler_longppl_and_protocols_on_the_demo_model(api: Any, celery_worker: WorkerProcess) -> None:
-    """Issue 13's acceptance, as far as the demo model allows (the composer's lengths and targets, RULER's 13 tasks).
+    """Issue 13's acceptance on the demo model: the composer's lengths, target and RULER settings (13 tasks,
+    20 samples a cell, threshold 0.85), the baseline and YaRN.
 
-    Measured with seed 0, 5 samples a cell (this test): the baseline averages 0.18 at 256 and 0 past it, so its
-    effective length is the original context; YaRN ×4 0.07 / 0.05 / 0 at 256 / 512 / 1,024 — it keeps some retrieval
-    at 512 where the baseline has none, but falls below 85% of its own score at 256, so on this model its RULER
-    effective length is 256 as well and that is not asserted (docs/evaluation.md: the same at 10 and 20 samples; the
-    demo model was taught passkey-format needles only).
+    Measured with seed 0 (benches/ruler_table.py, docs/evaluation.md): the baseline averages 0.27 at 256 and 0 past
+    it, so its effective length is the original context; YaRN ×4 0.151 / 0.150 / 0.129 at 256 / 512 / 1,024, so it
+    keeps at least 85% of its own score at 256 up to 1,024. Its margin at 512 is wide at 20 samples (0.150 against a
+    bar of 0.128) but not at 10 (0.138 against 0.139): fewer samples than the default would make this test a coin.
     """
     methods = [{"family": "none", "params": {}}, {"family": "yarn", "params": {}}]
     experiment = _submit(api, methods, eval_lengths=None, evaluations={
-        "suite": ["perplexity", "longppl", "ruler"], "ruler_samples": 5})
+        "suite": ["perplexity", "longppl", "ruler"]})
     runs = {r["method"]["family"]: _wait_terminal(api, r["id"], celery_worker, timeout=600)
             for r in experiment["runs"]}
     assert [r["status"] for r in runs.values()] == ["succeeded"] * 2, runs
@@ -348,7 +348,7 @@ def test_ruler_longppl_and_protocols_on_the_demo_model(api: Any, celery_worker: 
     assert base[256] > 0.1 and base[512] == base[1024] == 0.0, base
     assert effective["none"] == [256.0], "the baseline's effective length is its original context"
     assert yarn[512] > base[512], (yarn, base)
-    assert len(effective["yarn"]) == 1 and effective["yarn"][0] >= 256
+    assert len(effective["yarn"]) == 1 and effective["yarn"][0] > 256, "YaRN's effective length passes the window"
 
     # LongPPL beside perplexity: the same key tokens for both runs (the base model judged them), and the baseline
     # loses them past its window while YaRN keeps them.

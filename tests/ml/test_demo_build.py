@@ -9,9 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gpu_workers.data import needle, passkey
-from gpu_workers.demo import build_model
-from gpu_workers.demo.retrieval_data import RowMaker
+from gpu_workers.data import builtin_corpus, needle, passkey, ruler
+from gpu_workers.data.documents import builtin_corpus_dir
+from gpu_workers.demo import DEMO_MODEL_DIR, build_model
+from gpu_workers.demo.retrieval_data import Mix, RowMaker
+from gpu_workers.demo.ruler_rows import TRAINING_SEED, RulerPool
+from gpu_workers.evaluate.ruler import string_match_all
 
 
 def test_a_phase_stops_when_its_goal_is_reached_and_logs_when(tiny_model_dir: Path) -> None:
@@ -96,3 +99,48 @@ def test_the_answer_term_is_weighted_on_its_own(tiny_model_dir: Path) -> None:
     weighted, *_ = build_model.masked_loss(model, ids, lm, answer, answer_weight=2.0)
     assert plain.item() == pytest.approx(lm_loss) == pytest.approx(model(input_ids=ids, labels=ids).loss.item())
     assert weighted.item() == pytest.approx(lm_loss + 2.0 * answer_loss)
+
+
+def _training_prose(count: int = 60) -> list[str]:
+    """Training-split prose of the demo corpus (what the build's RULER phase reads)."""
+    docs = builtin_corpus.read_jsonl(builtin_corpus.ensure_built(builtin_corpus_dir()) / "train.jsonl")
+    return [d["text"] for d in docs if d["source"] == "prose"][:count]
+
+
+def test_ruler_training_prompts_fit_the_original_context_and_answer_their_own_question() -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(DEMO_MODEL_DIR))
+    prose = _training_prose()
+    pool = RulerPool(tokenizer, prose, context=256, lengths=(160, 256), samples=3)
+    assert ("niah_multiquery", 160) in pool.skipped, "a task whose instructions do not fit a length skips it"
+    assert ("niah_single_1", 160) not in pool.skipped
+    assert len(pool.pairs) == 3 * (2 * len(ruler.TASK_NAMES) - len(pool.skipped))
+    assert all(len(prompt) <= 256 and answer for prompt, answer in pool.pairs)
+    # every answer is the reference of its prompt: the scorer gives it full marks
+    samples = ruler.generate("niah_multivalue", tokenizer, ruler.HaystackText(tuple(prose), "training prose"),
+                             256, TRAINING_SEED, 3, cache=None)
+    answers = {tuple(p): a for p, a in pool.pairs}
+    for sample in samples:
+        assert string_match_all(tokenizer.decode(answers[tuple(sample.prompt_ids)]), sample.answers) == 1.0
+    with pytest.raises(ValueError, match="original context"):
+        RulerPool(tokenizer, prose, context=256, lengths=(512,), samples=1)
+
+
+def test_ruler_rows_join_the_mix_only_when_weighted() -> None:
+    class Pool:
+        def draw(self, rng: random.Random) -> tuple[list[int], list[int]]:
+            return [7] * 20, [8, 9]
+
+    tokenizer, plain = _rows_setup()
+    _, with_pool = _rows_setup()
+    with_pool.ruler = Pool()  # type: ignore[assignment]
+    assert [with_pool.row().ids for _ in range(60)] == [plain.row().ids for _ in range(60)], \
+        "a pool with no weight changes no draw (the generalisation phase's rows stay as they were)"
+    _, mixed = _rows_setup()
+    mixed.mix, mixed.ruler = Mix(ruler=1.0), Pool()  # type: ignore[assignment]
+    rows = [mixed.row() for _ in range(80)]
+    drawn = [r for r in rows if r.ids[-22:] == [7] * 20 + [8, 9]]
+    assert drawn and all(r.answer[-2:] == [True, True] and not any(r.answer[:-2]) for r in drawn)
+    assert all(len(r.ids) == build_model.CONTEXT for r in rows)
+    with pytest.raises(ValueError, match="RulerPool"):
+        RowMaker(tokenizer, context=build_model.CONTEXT, text=torch.arange(1000), haystacks={}, noise=torch.arange(10),
+                 seed=0, mix=Mix(ruler=0.5))

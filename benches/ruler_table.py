@@ -19,6 +19,7 @@ import time
 import torch
 
 from gpu_workers import pipeline
+from gpu_workers.data.ruler import TASK_NAMES
 from gpu_workers.demo import DEMO_MODEL_DIR
 from gpu_workers.reporter import Measurement, MemoryReporter
 from gpu_workers.spec import DatasetSpec, EvalSpec, MethodSpec, RunSpec
@@ -42,21 +43,16 @@ def _row(label: str, measurements: list[Measurement], lengths: tuple[int, ...], 
     reference = _values(measurements, "ruler_reference")
     effective = _values(measurements, "ruler_effective_length")
     effective_retrieval = _values(measurements, "ruler_effective_length_retrieval")
-    bar = f"{0.85 * next(iter(reference.values())):.3f}" if reference and next(iter(reference.values())) else "—"
+    ref = next(iter(reference.values()), 0.0)
+    bar = f"{0.85 * ref:.3f}" if ref else "—"
     signal = sorted({m.metric.removeprefix("ruler_") for m in measurements
                      if m.metric.startswith("ruler_") and m.context_length and m.value > 0
-                     and m.metric.removeprefix("ruler_") in _task_names()})
+                     and m.metric.removeprefix("ruler_") in TASK_NAMES})
     return (f"| {label} | {' / '.join(f'{average.get(n, 0):.3f}' for n in lengths)} | {bar} "
             f"| {int(effective[None]) if None in effective else 'none'} "
             f"| {' / '.join(f'{retrieval.get(n, 0):.3f}' for n in lengths)} "
             f"| {int(effective_retrieval[None]) if None in effective_retrieval else 'none'} "
             f"| {', '.join(signal)} | {seconds:.0f} |")
-
-
-def _task_names() -> tuple[str, ...]:
-    from gpu_workers.data.ruler import TASK_NAMES
-
-    return TASK_NAMES
 
 
 def main() -> None:

@@ -347,7 +347,9 @@ def test_ruler_longppl_and_protocols_on_the_demo_model(api: Any, celery_worker: 
     base, yarn = _metric(runs["none"], "ruler_average"), _metric(runs["yarn"], "ruler_average")
     effective = {family: [m["value"] for m in run["measurements"] if m["metric"] == "ruler_effective_length"]
                  for family, run in runs.items()}
-    assert base[256] > 0.1 and base[512] == base[1024] == 0.0, base
+    # Past its window the baseline collapses: near zero, not exactly zero (stop 23's CI machine scored one partial
+    # match of 780 prompts at 512, 0.0004, where this machine scored none).
+    assert base[256] > 0.1 and max(base[512], base[1024]) < 0.1 * base[256], base
     assert effective["none"] == [256.0], "the baseline's effective length is its original context"
     assert yarn[512] > base[512], (yarn, base)
     assert len(effective["yarn"]) == 1 and effective["yarn"][0] > 256, "YaRN's effective length passes the window"

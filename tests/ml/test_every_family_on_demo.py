@@ -21,7 +21,7 @@ def test_family_runs_on_the_demo_model(family: str, monkeypatch: pytest.MonkeyPa
     spec = RunSpec(run_id=family, model_source=str(DEMO_MODEL_DIR), dataset=DatasetSpec(),
                    method=MethodSpec(family, PARAMS.get(family, {})), target_length=1024,
                    eval=EvalSpec(lengths=(256, 1024), documents=2, suite=EVALUATIONS, passkey_samples=4,
-                                 needle_depths=(0.0, 1.0), needle_samples=1))
+                                 needle_depths=(0.0, 1.0), needle_samples=1, ruler_samples=2))
     pipeline.run(spec, reporter)
     ppl = {m.context_length: m.value for m in reporter.measurements if m.metric == "perplexity"}
     assert set(ppl) == {256, 1024}
@@ -32,4 +32,5 @@ def test_family_runs_on_the_demo_model(family: str, monkeypatch: pytest.MonkeyPa
                 ("needle_partial", n, 1.0), ("needle_perplexity", n, None), ("forward_seconds", n, None),
                 ("kv_cache_mb", n, None), ("kv_cache_mb_predicted", n, None)} <= got
     assert {("retention_perplexity", 256, None), ("retention_passkey", 256, None)} <= got
+    assert {("ruler_average", 256, None), ("ruler_average", 1024, None)} <= got  # two samples a cell: shape, not score
     assert {f"{name}_seconds" for name in EVALUATIONS} <= {metric for metric, _, _ in got}

@@ -88,3 +88,31 @@ def test_every_spelling_is_caught(line: str) -> None:
 ])
 def test_shared_modules_are_allowed(line: str) -> None:
     assert imported_test_modules(line, TESTS / "web" / "test_example.py") == [], line
+
+
+SESSION_WORKER_FIXTURES = ("celery_worker", "worker_factory", "demo_assets")
+
+
+def fixture_names_in(source: str) -> set[str]:
+    """Names a conftest defines as functions or imports: either way pytest registers them there."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.ImportFrom):
+            names |= {alias.asname or alias.name for alias in node.names}
+    return names
+
+
+def test_the_worker_fixtures_live_in_one_conftest() -> None:
+    """A session fixture registered in two conftest files is two fixtures: the browser tests and the integration
+    tests each got a Celery worker, both on the ``gpu`` queue, and the first kept taking runs beside the second."""
+    where = {name: sorted(str(p.relative_to(ROOT)) for p in TESTS.rglob("conftest.py")
+                          if name in fixture_names_in(p.read_text(encoding="utf-8")))
+             for name in SESSION_WORKER_FIXTURES}
+    assert where == {name: ["tests/conftest.py"] for name in SESSION_WORKER_FIXTURES}
+
+
+def test_an_imported_fixture_counts_as_registered() -> None:
+    assert "celery_worker" in fixture_names_in("from tests.conftest import celery_worker  # noqa: F401")
+    assert "celery_worker" in fixture_names_in("def celery_worker():\n    pass")

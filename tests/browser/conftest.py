@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import celery_worker, demo_assets, worker_factory  # noqa: F401  (shared fixtures)
-
 CHROMIUM = Path(os.environ.get("CONTEXTLAB_CHROMIUM", "/usr/bin/chromium"))
 # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make are still sync.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

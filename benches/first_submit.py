@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def composer_post(team: int, base_model: int, dataset: int, name: str, ruler: bool) -> dict[str, Any]:
     """What the composer page posts when nothing is changed but the name: the default suite and recipe, the
     four initial method rows (none, PI, dynamic NTK, YaRN) and a target of 4 × the demo's 256 tokens."""
+    from gpu_workers.spec import EvalSpec  # the web process imports it for the composer anyway
+
     suite = ["perplexity", "longppl", "passkey", "needle", "needle_perplexity", "retention", "memory"]
     rows = ["none", "pi", "dynamic_ntk", "yarn"]
     data: dict[str, Any] = {
@@ -63,7 +65,7 @@ def composer_post(team: int, base_model: int, dataset: int, name: str, ruler: bo
         "eval-suite": suite + (["ruler"] if ruler else []), "eval-protocol": "truncate", "eval-stride": "",
         "eval-passkey_samples": 20, "eval-passkey_depth": "", "eval-needle_depths": "0, 0.25, 0.5, 0.75, 1",
         "eval-needle_samples": 2, "eval-needle_format": "passkey", "eval-needle_variant": "single",
-        "eval-needle_count": 4, "eval-ruler_samples": 50, "eval-ruler_threshold": 0.85,
+        "eval-needle_count": 4, "eval-ruler_samples": EvalSpec.ruler_samples, "eval-ruler_threshold": 0.85,
         "eval-ruler_max_new_tokens": 0, "eval-longppl_short_window": 0, "eval-longppl_gain": 2.0,
         "eval-longppl_bound": 2.0,
         "train-preset": "none", "train-mode": "none", "train-steps": 100, "train-learning_rate": 3e-4,

@@ -12,7 +12,7 @@ from experiments.composer_forms import DEFAULT_SUITE
 from experiments.models import Experiment
 from gpu_workers.spec import EVALUATIONS
 from tests.browser.conftest import log_in_as_demo
-from tests.integration.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

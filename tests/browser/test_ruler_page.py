@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 
 from experiments.models import BaseModel, Dataset, Experiment, Measurement, Method, Run, Team
 from tests.browser.conftest import log_in_as_demo
-from tests.integration.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS
 from tests.web.helpers import LENGTHS, SETTINGS, longppl_rows, ruler_rows, run_protocol
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]

@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from experiments.models import Experiment, Measurement
 from tests.browser.conftest import log_in_as_demo
-from tests.integration.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

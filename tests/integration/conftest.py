@@ -8,10 +8,7 @@ import time
 from collections.abc import Callable
 
 from gpu_workers.data.documents import builtin_corpus_dir
-from tests.conftest import ARTIFACTS
 from tests.integration.worker import WorkerProcess
-
-__all__ = ["ARTIFACTS", "wait_for"]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, worker: WorkerProcess | None = None,
